@@ -1,0 +1,67 @@
+// Host/device math of the linear scan h_t = a_t * h_{t-1} + x_t.
+//
+// A step is the affine map h -> a * h + b. Composing maps is associative, which is what lets the
+// scan run in parallel: chunks are reduced to one map each, the maps are combined in order to get
+// every chunk's carry-in, and each chunk is then scanned from its carry. The CPU kernels use these
+// functions for their chunked path, so the CPU tests exercise the same logic the CUDA kernels use.
+#pragma once
+
+#include <cstdint>
+
+#include <c10/macros/Macros.h>
+#include <c10/util/complex.h>
+
+namespace torch_lru {
+
+// Complex conjugate that is the identity for real types: the backward of the scan runs with
+// conj(a) (PyTorch's conjugate-Wirtinger convention), which for real dtypes is a itself.
+template <typename T>
+C10_HOST_DEVICE inline T conj_value(T v) {
+  return v;
+}
+template <typename T>
+C10_HOST_DEVICE inline c10::complex<T> conj_value(c10::complex<T> v) {
+  return c10::complex<T>(v.real(), -v.imag());
+}
+
+// The affine map h -> a * h + b.
+template <typename T>
+struct Affine {
+  T a;
+  T b;
+
+  C10_HOST_DEVICE static Affine identity() { return {T(1), T(0)}; }
+  C10_HOST_DEVICE T apply(T h) const { return a * h + b; }
+};
+
+// The map "first, then second": h -> second.a * (first.a * h + first.b) + second.b.
+template <typename T>
+C10_HOST_DEVICE inline Affine<T> combine(const Affine<T>& first, const Affine<T>& second) {
+  return {second.a * first.a, second.a * first.b + second.b};
+}
+
+// Split of L steps into equal chunks (the last may be shorter). Chunk c covers the logical steps
+// [begin(c), end(c)) of the scan's direction of travel.
+struct ChunkPlan {
+  int64_t length;     // L
+  int64_t chunk_len;  // steps per chunk, >= 1
+
+  C10_HOST_DEVICE static ChunkPlan with_chunks(int64_t length, int64_t max_chunks) {
+    int64_t chunks = max_chunks < 1 ? 1 : max_chunks;
+    int64_t len = (length + chunks - 1) / chunks;
+    return {length, len < 1 ? 1 : len};
+  }
+  C10_HOST_DEVICE int64_t num_chunks() const { return (length + chunk_len - 1) / chunk_len; }
+  C10_HOST_DEVICE int64_t begin(int64_t c) const { return c * chunk_len; }
+  C10_HOST_DEVICE int64_t end(int64_t c) const {
+    int64_t e = (c + 1) * chunk_len;
+    return e < length ? e : length;
+  }
+};
+
+// Physical time index of logical step s when the scan travels backwards (reverse) or forwards.
+C10_HOST_DEVICE inline int64_t time_index(int64_t s, int64_t length, bool reverse) {
+  return reverse ? length - 1 - s : s;
+}
+
+}  // namespace torch_lru

@@ -1,0 +1,108 @@
+// The scan ops' schemas, their shared input checks, the Meta kernels (shape inference for
+// torch.compile / torch.export) and the C++ API that calls them through the dispatcher.
+#include "torch_lru/scan.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "ops/scan_checks.h"
+
+namespace torch_lru {
+
+namespace {
+
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kComplexFloat || t == at::kComplexDouble;
+}
+
+void check_like_x(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " and x must have the same dtype, got ",
+              name, " ", t.scalar_type(), " and x ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " and x must be on the same device, got ", name,
+              " on ", t.device(), " and x on ", x.device());
+}
+
+}  // namespace
+
+void check_scan_inputs(const char* op, const at::Tensor& lam, const at::Tensor& x,
+                       const std::optional<at::Tensor>& h0) {
+  TORCH_CHECK(x.defined() && lam.defined(), op, ": lam and x must be defined tensors");
+  TORCH_CHECK(x.dim() == 3, op, ": x must have shape (B, L, N), got ", x.dim(), " dimensions ", x.sym_sizes());
+  TORCH_CHECK(is_supported_dtype(x.scalar_type()), op,
+              ": unsupported dtype ", x.scalar_type(), " (expected float32, float64, complex64 or complex128)");
+  check_like_x(op, "lam", lam, x);
+  if (lam.dim() == 1) {
+    TORCH_CHECK(lam.sym_size(0) == x.sym_size(2), op, ": lam of shape (N,) must match x's last dimension, got lam ",
+                lam.sym_sizes(), " and x ", x.sym_sizes());
+  } else {
+    TORCH_CHECK(lam.dim() == 3, op, ": lam must have shape (N,) or (B, L, N), got ", lam.sym_sizes());
+    TORCH_CHECK(lam.sym_sizes() == x.sym_sizes(), op, ": lam of shape (B, L, N) must match x, got lam ",
+                lam.sym_sizes(), " and x ", x.sym_sizes());
+  }
+  if (h0.has_value() && h0->defined()) {
+    check_like_x(op, "h0", *h0, x);
+    TORCH_CHECK(h0->dim() == 2 && h0->sym_size(0) == x.sym_size(0) && h0->sym_size(1) == x.sym_size(2), op,
+                ": h0 must have shape (B, N) = (", x.sym_size(0), ", ", x.sym_size(2), "), got ", h0->sym_sizes());
+  }
+}
+
+void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam, const at::Tensor& h,
+                                const std::optional<at::Tensor>& h0) {
+  const char* op = "torch_lru::scan_backward";
+  check_scan_inputs(op, lam, h, h0);
+  TORCH_CHECK(grad_h.defined(), op, ": grad_h must be a defined tensor");
+  check_like_x(op, "grad_h", grad_h, h);
+  TORCH_CHECK(grad_h.sym_sizes() == h.sym_sizes(), op, ": grad_h must match h, got grad_h ", grad_h.sym_sizes(),
+              " and h ", h.sym_sizes());
+}
+
+namespace {
+
+at::Tensor scan_meta(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                     bool /*reverse*/) {
+  check_scan_inputs("torch_lru::scan", lam, x, h0);
+  return at::empty_like(x, at::MemoryFormat::Contiguous);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_meta(const at::Tensor& grad_h, const at::Tensor& lam,
+                                                                  const at::Tensor& h,
+                                                                  const std::optional<at::Tensor>& h0,
+                                                                  bool /*reverse*/, std::array<bool, 3> mask) {
+  check_scan_backward_inputs(grad_h, lam, h, h0);
+  const bool has_h0 = h0.has_value() && h0->defined();
+  return {mask[0] ? at::empty_like(lam, at::MemoryFormat::Contiguous) : at::Tensor(),
+          mask[1] ? at::empty_like(h, at::MemoryFormat::Contiguous) : at::Tensor(),
+          mask[2] && has_h0 ? at::empty_like(*h0, at::MemoryFormat::Contiguous) : at::Tensor()};
+}
+
+}  // namespace
+
+at::Tensor scan(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("torch_lru::scan", "").typed<decltype(scan)>();
+  return op.call(lam, x, h0, reverse);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward(const at::Tensor& grad_h, const at::Tensor& lam,
+                                                             const at::Tensor& h,
+                                                             const std::optional<at::Tensor>& h0, bool reverse,
+                                                             std::array<bool, 3> output_mask) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::scan_backward", "")
+                       .typed<decltype(scan_backward)>();
+  return op.call(grad_h, lam, h, h0, reverse, output_mask);
+}
+
+TORCH_LIBRARY(torch_lru, m) {
+  m.def("scan(Tensor lam, Tensor x, Tensor? h0=None, bool reverse=False) -> Tensor");
+  m.def(
+      "scan_backward(Tensor grad_h, Tensor lam, Tensor h, Tensor? h0, bool reverse, bool[3] output_mask)"
+      " -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(torch_lru, Meta, m) {
+  m.impl("scan", &scan_meta);
+  m.impl("scan_backward", &scan_backward_meta);
+}
+
+}  // namespace torch_lru

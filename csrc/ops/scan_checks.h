@@ -1,0 +1,23 @@
+// Input validation shared by every backend of the scan ops (CPU, CUDA, Meta), so a bad call fails
+// the same way whichever kernel the dispatcher picks.
+#pragma once
+
+#include <optional>
+
+#include <ATen/core/Tensor.h>
+
+namespace torch_lru {
+
+// Checks x (B, L, N), lam (N,) or (B, L, N), h0 (B, N) or absent: ranks, shapes, one supported
+// dtype, one device. Throws c10::Error naming the op and the offending argument.
+void check_scan_inputs(const char* op, const at::Tensor& lam, const at::Tensor& x,
+                       const std::optional<at::Tensor>& h0);
+
+// As above for the backward, plus grad_h matching h.
+void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam,
+                                const at::Tensor& h, const std::optional<at::Tensor>& h0);
+
+// True when lam holds one value per step (B, L, N) rather than one per channel (N,).
+inline bool lam_is_per_step(const at::Tensor& lam) { return lam.dim() == 3; }
+
+}  // namespace torch_lru
