@@ -16,43 +16,50 @@ bool is_supported_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kComplexFloat || t == at::kComplexDouble;
 }
 
-void check_like_x(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " and x must have the same dtype, got ",
-              name, " ", t.scalar_type(), " and x ", x.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " and x must be on the same device, got ", name,
-              " on ", t.device(), " and x on ", x.device());
+// `xn` names the (B, L, N) tensor the others are checked against: x in the forward, h in the backward.
+void check_like(const char* op, const char* name, const at::Tensor& t, const char* xn, const at::Tensor& x) {
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " and ", xn, " must have the same dtype, got ",
+              name, " ", t.scalar_type(), " and ", xn, " ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " and ", xn, " must be on the same device, got ", name,
+              " on ", t.device(), " and ", xn, " on ", x.device());
+}
+
+void check_inputs(const char* op, const at::Tensor& lam, const char* xn, const at::Tensor& x,
+                  const std::optional<at::Tensor>& h0) {
+  TORCH_CHECK(x.defined() && lam.defined(), op, ": lam and ", xn, " must be defined tensors");
+  TORCH_CHECK(x.dim() == 3, op, ": ", xn, " must have shape (B, L, N), got ", x.dim(), " dimensions ",
+              x.sym_sizes());
+  TORCH_CHECK(is_supported_dtype(x.scalar_type()), op,
+              ": unsupported dtype ", x.scalar_type(), " (expected float32, float64, complex64 or complex128)");
+  check_like(op, "lam", lam, xn, x);
+  if (lam.dim() == 1) {
+    TORCH_CHECK(lam.sym_size(0) == x.sym_size(2), op, ": lam of shape (N,) must match ", xn,
+                "'s last dimension, got lam ", lam.sym_sizes(), " and ", xn, " ", x.sym_sizes());
+  } else {
+    TORCH_CHECK(lam.dim() == 3, op, ": lam must have shape (N,) or (B, L, N), got ", lam.sym_sizes());
+    TORCH_CHECK(lam.sym_sizes() == x.sym_sizes(), op, ": lam of shape (B, L, N) must match ", xn, ", got lam ",
+                lam.sym_sizes(), " and ", xn, " ", x.sym_sizes());
+  }
+  if (h0.has_value() && h0->defined()) {
+    check_like(op, "h0", *h0, xn, x);
+    TORCH_CHECK(h0->dim() == 2 && h0->sym_size(0) == x.sym_size(0) && h0->sym_size(1) == x.sym_size(2), op,
+                ": h0 must have shape (B, N) = (", x.sym_size(0), ", ", x.sym_size(2), "), got ", h0->sym_sizes());
+  }
 }
 
 }  // namespace
 
 void check_scan_inputs(const char* op, const at::Tensor& lam, const at::Tensor& x,
                        const std::optional<at::Tensor>& h0) {
-  TORCH_CHECK(x.defined() && lam.defined(), op, ": lam and x must be defined tensors");
-  TORCH_CHECK(x.dim() == 3, op, ": x must have shape (B, L, N), got ", x.dim(), " dimensions ", x.sym_sizes());
-  TORCH_CHECK(is_supported_dtype(x.scalar_type()), op,
-              ": unsupported dtype ", x.scalar_type(), " (expected float32, float64, complex64 or complex128)");
-  check_like_x(op, "lam", lam, x);
-  if (lam.dim() == 1) {
-    TORCH_CHECK(lam.sym_size(0) == x.sym_size(2), op, ": lam of shape (N,) must match x's last dimension, got lam ",
-                lam.sym_sizes(), " and x ", x.sym_sizes());
-  } else {
-    TORCH_CHECK(lam.dim() == 3, op, ": lam must have shape (N,) or (B, L, N), got ", lam.sym_sizes());
-    TORCH_CHECK(lam.sym_sizes() == x.sym_sizes(), op, ": lam of shape (B, L, N) must match x, got lam ",
-                lam.sym_sizes(), " and x ", x.sym_sizes());
-  }
-  if (h0.has_value() && h0->defined()) {
-    check_like_x(op, "h0", *h0, x);
-    TORCH_CHECK(h0->dim() == 2 && h0->sym_size(0) == x.sym_size(0) && h0->sym_size(1) == x.sym_size(2), op,
-                ": h0 must have shape (B, N) = (", x.sym_size(0), ", ", x.sym_size(2), "), got ", h0->sym_sizes());
-  }
+  check_inputs(op, lam, "x", x, h0);
 }
 
 void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam, const at::Tensor& h,
                                 const std::optional<at::Tensor>& h0) {
   const char* op = "torch_lru::scan_backward";
-  check_scan_inputs(op, lam, h, h0);
+  check_inputs(op, lam, "h", h, h0);
   TORCH_CHECK(grad_h.defined(), op, ": grad_h must be a defined tensor");
-  check_like_x(op, "grad_h", grad_h, h);
+  check_like(op, "grad_h", grad_h, "h", h);
   TORCH_CHECK(grad_h.sym_sizes() == h.sym_sizes(), op, ": grad_h must match h, got grad_h ", grad_h.sym_sizes(),
               " and h ", h.sym_sizes());
 }

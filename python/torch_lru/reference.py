@@ -1,0 +1,21 @@
+"""Plain PyTorch implementations used as references and baselines (slow: a Python loop over t)."""
+
+from typing import Optional
+
+import torch
+
+
+def scan_loop(lam: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor] = None, reverse: bool = False):
+    """The scan's definition, one step at a time: ``h_t = lam_t * h_{t-1} + x_t``.
+
+    Same contract as :func:`torch_lru.scan`; differentiable through ordinary autograd.
+    """
+    B, L, N = x.shape
+    h = torch.zeros(B, N, dtype=x.dtype, device=x.device) if h0 is None else h0
+    out = []
+    for t in range(L - 1, -1, -1) if reverse else range(L):
+        h = (lam if lam.dim() == 1 else lam[:, t]) * h + x[:, t]
+        out.append(h)
+    if reverse:
+        out.reverse()
+    return torch.stack(out, dim=1) if out else torch.empty_like(x)

@@ -1,0 +1,328 @@
+"""The scan op against its definition (a float64 sequential loop), its gradients, and its contract."""
+
+import random
+
+import pytest
+import torch
+from torch.testing._internal.optests import opcheck
+
+import torch_lru
+from torch_lru.reference import scan_loop
+
+DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
+WIDE = {torch.float32: torch.float64, torch.float64: torch.float64, torch.complex64: torch.complex128,
+        torch.complex128: torch.complex128}
+
+
+def make_lam(shape, dtype, device, r_min=0.5, r_max=0.99, generator=None):
+    """Coefficients with r_min <= |lam| <= r_max (random phase when complex)."""
+    r = r_min + (r_max - r_min) * torch.rand(shape, generator=generator, dtype=torch.float64)
+    if dtype.is_complex:
+        phase = 2 * torch.pi * torch.rand(shape, generator=generator, dtype=torch.float64)
+        lam = torch.polar(r, phase)
+    else:
+        sign = torch.where(torch.rand(shape, generator=generator) < 0.2, -1.0, 1.0).double()
+        lam = r * sign
+    return lam.to(dtype=dtype, device=device)
+
+
+def make_inputs(B, L, N, dtype, device, per_step=False, with_h0=True, seed=0, **lam_kw):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, N, generator=g, dtype=WIDE[dtype]).to(dtype=dtype, device=device)
+    lam = make_lam((B, L, N) if per_step else (N,), dtype, device, generator=g, **lam_kw)
+    h0 = torch.randn(B, N, generator=g, dtype=WIDE[dtype]).to(dtype=dtype, device=device) if with_h0 else None
+    return lam, x, h0
+
+
+def reference(lam, x, h0, reverse):
+    wide = WIDE[x.dtype]
+    return scan_loop(lam.cpu().to(wide), x.cpu().to(wide), None if h0 is None else h0.cpu().to(wide), reverse)
+
+
+def assert_close_to_reference(out, ref, dtype):
+    # Single precision: rounding grows with the state's size, so compare relative to its scale.
+    scale = ref.abs().max().item() if ref.numel() else 1.0
+    tol = (2e-5 if dtype in (torch.float32, torch.complex64) else 1e-12) * max(scale, 1.0)
+    torch.testing.assert_close(out.cpu().to(ref.dtype), ref, rtol=0, atol=tol)
+
+
+# Odd sizes, L = 1, B = 1, N = 1, sizes around the CPU kernel's block width (16..256 channels).
+SHAPES = [(1, 1, 1), (1, 7, 1), (3, 1, 5), (2, 33, 17), (1, 100, 300), (5, 64, 16), (4, 129, 257), (2, 1000, 3),
+          (1, 3000, 1)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_forward_matches_reference(device, dtype, shape, per_step, reverse):
+    for with_h0 in (False, True):
+        lam, x, h0 = make_inputs(*shape, dtype, device, per_step=per_step, with_h0=with_h0, seed=hash(shape) % 1000)
+        out = torch_lru.scan(lam, x, h0, reverse)
+        assert out.shape == x.shape and out.dtype == dtype and out.device == x.device and out.is_contiguous()
+        assert_close_to_reference(out, reference(lam, x, h0, reverse), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.float64])
+def test_random_shapes_and_seeds(device, dtype):
+    rng = random.Random(1234)
+    for trial in range(25):
+        B, L, N = rng.randint(1, 6), rng.randint(1, 700), rng.randint(1, 70)
+        per_step, reverse, with_h0 = rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5
+        lam, x, h0 = make_inputs(B, L, N, dtype, device, per_step, with_h0, seed=trial)
+        assert_close_to_reference(torch_lru.scan(lam, x, h0, reverse), reference(lam, x, h0, reverse), dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8])
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_split_along_length(device, threads, per_step, reverse):
+    """Few channels and a long sequence: the CPU kernel splits L into chunks (more chunks with more
+    threads); the result must not depend on how it splits."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for B, L, N in [(1, 20_000, 1), (1, 5_001, 16), (2, 9_000, 3)]:
+            lam, x, h0 = make_inputs(B, L, N, torch.complex128, device, per_step, seed=L, r_min=0.999, r_max=0.99999)
+            out = torch_lru.scan(lam, x, h0, reverse)
+            assert_close_to_reference(out, reference(lam, x, h0, reverse), torch.complex128)
+            g = torch.randn_like(out)
+            got = torch.ops.torch_lru.scan_backward(g, lam, out, h0, reverse, [True, True, True])
+            want = torch.autograd.grad(
+                scan_loop(lam.requires_grad_(), x.requires_grad_(), h0.requires_grad_(), reverse), (lam, x, h0), g)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+            lam.requires_grad_(False), x.requires_grad_(False), h0.requires_grad_(False)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])
+def test_long_sequence_near_unit_modulus(device, dtype):
+    """L = 65,536 with |lam| close to 1: the state integrates thousands of steps."""
+    lam, x, h0 = make_inputs(1, 65_536, 2, dtype, device, r_min=0.9999, r_max=0.99999, seed=7)
+    for reverse in (False, True):
+        out = torch_lru.scan(lam, x, h0, reverse)
+        ref = reference(lam, x, h0, reverse)
+        scale = ref.abs().max().item()
+        err = (out.cpu().to(ref.dtype) - ref).abs().max().item()
+        assert err <= 1e-4 * scale, (err, scale)
+
+
+def test_non_contiguous_inputs(device):
+    g = torch.Generator().manual_seed(3)
+    B, L, N = 3, 50, 20
+    base_x = torch.randn(B, N, 2 * L, dtype=torch.complex128, generator=g).to(device)
+    x = base_x.transpose(1, 2)[:, ::2]  # (B, L, N) with strides (., 2, 2L)
+    lam_v = make_lam((2 * N,), torch.complex128, device, generator=g)[::2]
+    lam_s = make_lam((B, N, L), torch.complex128, device, generator=g).transpose(1, 2)
+    h0 = torch.randn(N, B, dtype=torch.complex128, generator=g).to(device).t()
+    assert not x.is_contiguous() and not lam_v.is_contiguous() and not lam_s.is_contiguous()
+    for lam in (lam_v, lam_s):
+        for reverse in (False, True):
+            out = torch_lru.scan(lam, x, h0, reverse)
+            want = torch_lru.scan(lam.contiguous(), x.contiguous(), h0.contiguous(), reverse)
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
+            assert_close_to_reference(out, reference(lam, x, h0, reverse), torch.complex128)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (2, 0, 3), (2, 5, 0)])
+@pytest.mark.parametrize("per_step", [False, True])
+def test_empty(device, shape, per_step):
+    B, L, N = shape
+    x = torch.randn(shape, dtype=torch.complex64, device=device, requires_grad=True)
+    lam = torch.rand(shape if per_step else (N,), device=device).to(torch.complex64).requires_grad_()
+    h0 = torch.randn(B, N, dtype=torch.complex64, device=device, requires_grad=True)
+    out = torch_lru.scan(lam, x, h0)
+    assert out.shape == shape
+    out.sum().abs().backward()
+    for t in (lam, x, h0):
+        assert t.grad is not None and t.grad.shape == t.shape and not t.grad.abs().sum()
+
+
+def test_deterministic(device):
+    lam, x, h0 = make_inputs(4, 3000, 5, torch.complex64, device, seed=11)
+    for t in (lam, x, h0):
+        t.requires_grad_()
+    runs = []
+    for _ in range(2):
+        out = torch_lru.scan(lam, x, h0)
+        runs.append((out, *torch.autograd.grad(out.abs().sum(), (lam, x, h0))))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_gradcheck(device, dtype, per_step, reverse, with_h0):
+    lam, x, h0 = make_inputs(2, 9, 3, dtype, device, per_step, with_h0, seed=5)
+    inputs = [t.requires_grad_() for t in (lam, x, h0) if t is not None]
+
+    def fn(lam, x, *rest):
+        return torch_lru.scan(lam, x, rest[0] if rest else None, reverse)
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_backward_matches_autograd_of_reference(device, dtype, per_step, reverse):
+    lam, x, h0 = make_inputs(3, 200, 37, dtype, device, per_step, seed=9)
+    g = torch.randn(x.shape, dtype=dtype, device=device)
+    ours = torch.autograd.grad(torch_lru.scan(*(t.requires_grad_() for t in (lam, x, h0)), reverse), (lam, x, h0), g)
+    wide = [t.detach().cpu().to(WIDE[dtype]).requires_grad_() for t in (lam, x, h0)]
+    want = torch.autograd.grad(scan_loop(*wide, reverse), wide, g.cpu().to(WIDE[dtype]))
+    for a, b in zip(ours, want):
+        scale = max(b.abs().max().item(), 1.0)
+        tol = (1e-4 if dtype in (torch.float32, torch.complex64) else 1e-11) * scale
+        torch.testing.assert_close(a.cpu().to(b.dtype), b, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_and_differentiable_backward_agree(device, per_step, reverse):
+    """create_graph=True takes the composite (differentiable) backward; it must equal the kernel."""
+    lam, x, h0 = make_inputs(2, 300, 19, torch.complex128, device, per_step, seed=13)
+    inputs = [t.requires_grad_() for t in (lam, x, h0)]
+    g = torch.randn(x.shape, dtype=x.dtype, device=device)
+    fused = torch.autograd.grad(torch_lru.scan(*inputs, reverse), inputs, g)
+    composite = torch.autograd.grad(torch_lru.scan(*inputs, reverse), inputs, g, create_graph=True)
+    for a, b in zip(fused, composite):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_gradient_only_where_needed(device):
+    lam, x, h0 = make_inputs(2, 10, 3, torch.complex64, device)
+    x.requires_grad_()
+    out = torch_lru.scan(lam, x, h0)
+    (gx,) = torch.autograd.grad(out.abs().sum(), x)
+    assert gx.shape == x.shape and lam.grad is None and h0.grad is None
+
+
+def test_scan_backward_output_mask(device):
+    lam, x, h0 = make_inputs(2, 10, 3, torch.complex64, device)
+    h = torch_lru.scan(lam, x, h0)
+    glam, gx, gh0 = torch.ops.torch_lru.scan_backward(torch.ones_like(h), lam, h, h0, False, [False, True, False])
+    assert glam is None and gh0 is None and gx.shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch integration: opcheck, torch.compile, torch.export
+
+
+def opcheck_samples(device):
+    for dtype in (torch.float32, torch.complex64):
+        for per_step in (False, True):
+            for reverse in (False, True):
+                for grad in (False, True):
+                    lam, x, h0 = make_inputs(2, 6, 3, dtype, device, per_step, seed=1)
+                    if grad:
+                        lam.requires_grad_(), x.requires_grad_(), h0.requires_grad_()
+                    yield (lam, x, h0, reverse)
+                    yield (lam, x, None, reverse)
+
+
+def test_opcheck_scan(device):
+    for args in opcheck_samples(device):
+        opcheck(torch.ops.torch_lru.scan.default, args)
+
+
+def test_opcheck_scan_backward(device):
+    for lam, x, h0, reverse in opcheck_samples(device):
+        lam, x = lam.detach(), x.detach()
+        h0 = None if h0 is None else h0.detach()
+        h = torch_lru.scan(lam, x, h0, reverse)
+        mask = [True, True, h0 is not None]
+        opcheck(torch.ops.torch_lru.scan_backward.default, (torch.randn_like(h), lam, h, h0, reverse, mask))
+
+
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+
+    def f(lam, x, h0):
+        h = torch_lru.scan(lam, x, h0) + torch_lru.scan(lam, x, reverse=True)
+        return (h.real * 2).sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    lam, x, h0 = make_inputs(2, 16, 4, torch.complex64, device, seed=2)
+    inputs = [t.requires_grad_() for t in (lam, x, h0)]
+    want_loss = f(*inputs)
+    want = torch.autograd.grad(want_loss, inputs)
+    got_loss = compiled(*inputs)
+    got = torch.autograd.grad(got_loss, inputs)
+    torch.testing.assert_close(got_loss, want_loss)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_inductor_real(device):
+    torch._dynamo.reset()
+
+    def f(lam, x):
+        return torch.sigmoid(torch_lru.scan(torch.sigmoid(lam), x * 2.0)).sum()
+
+    lam, x, _ = make_inputs(3, 40, 8, torch.float32, device, seed=4)
+    x.requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    torch.testing.assert_close(compiled(lam, x), f(lam, x))
+    torch.testing.assert_close(torch.autograd.grad(compiled(lam, x), x)[0], torch.autograd.grad(f(lam, x), x)[0])
+
+
+def test_torch_export(device):
+    class M(torch.nn.Module):
+        def forward(self, lam, x):
+            return torch_lru.scan(lam, x)
+
+    lam, x, _ = make_inputs(2, 8, 3, torch.float32, device)
+    ep = torch.export.export(M(), (lam, x))
+    assert any("torch_lru.scan" in str(n.target) for n in ep.graph.nodes)
+    torch.testing.assert_close(ep.module()(lam, x), torch_lru.scan(lam, x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a RuntimeError that says what is wrong
+
+
+def bad_inputs(device):
+    c64 = dict(dtype=torch.complex64, device=device)
+    x = torch.randn(2, 5, 3, **c64)
+    lam = torch.rand(3, device=device).to(torch.complex64)
+    yield "x must have shape", (lam, torch.randn(5, 3, **c64), None)
+    yield "x must have shape", (lam, torch.randn(1, 2, 5, 3, **c64), None)
+    yield "lam of shape \\(N,\\) must match", (torch.rand(4, device=device).to(torch.complex64), x, None)
+    yield "lam must have shape", (torch.rand(2, 5, **c64), x, None)
+    yield "lam of shape \\(B, L, N\\) must match", (torch.rand(2, 4, 3, **c64), x, None)
+    yield "h0 must have shape", (lam, x, torch.randn(3, 3, **c64))
+    yield "h0 must have shape", (lam, x, torch.randn(2, 1, 3, **c64))
+    yield "lam and x must have the same dtype", (lam.to(torch.complex128), x, None)
+    yield "h0 and x must have the same dtype", (lam, x, torch.randn(2, 3, device=device))
+    yield "unsupported dtype", (lam.real.half(), x.real.half(), None)
+    yield "unsupported dtype", (lam.real.long(), x.real.long(), None)
+    if device != "cpu":
+        yield "lam and x must be on the same device", (lam.cpu(), x, None)
+        yield "h0 and x must be on the same device", (lam, x, torch.zeros(2, 3, dtype=torch.complex64))
+
+
+def test_bad_inputs_raise_clear_errors(device):
+    for message, (lam, x, h0) in bad_inputs(device):
+        with pytest.raises(RuntimeError, match=message):
+            torch_lru.scan(lam, x, h0)
+        with pytest.raises(RuntimeError, match=message):  # the same check guards shape inference
+            torch.ops.torch_lru.scan(lam.to("meta"), x.to("meta"), None if h0 is None else h0.to("meta"))
+
+
+def test_bad_backward_inputs(device):
+    lam, x, h0 = make_inputs(2, 5, 3, torch.complex64, device)
+    h = torch_lru.scan(lam, x, h0)
+    with pytest.raises(RuntimeError, match="grad_h must match h"):
+        torch.ops.torch_lru.scan_backward(h[:, :4], lam, h, h0, False, [True, True, True])
+    with pytest.raises(RuntimeError, match="grad_h and h must have the same dtype"):
+        torch.ops.torch_lru.scan_backward(h.real, lam, h, h0, False, [True, True, True])
