@@ -77,11 +77,11 @@ __global__ void scan_backward_kernel(const T* __restrict__ g, const T* __restric
 
 unsigned int grid_for(int64_t lanes) { return static_cast<unsigned int>((lanes + kThreads - 1) / kThreads); }
 
-at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
-                     bool reverse) {
+at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                         bool reverse, at::Tensor& h) {
   check_scan_inputs("torch_lru::scan", lam, x, h0);
+  check_scan_out(h, x);
   const c10::cuda::CUDAGuard device_guard(x.device());
-  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   if (h.numel() == 0) return h;
   const auto lam_c = lam.contiguous();
   const auto x_c = x.contiguous();
@@ -97,6 +97,12 @@ at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::opti
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return h;
+}
+
+at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                    bool reverse) {
+  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  return scan_out_cuda(lam, x, h0, reverse, h);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tensor& grad_h, const at::Tensor& lam,
@@ -140,6 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
 
 TORCH_LIBRARY_IMPL(torch_lru, CUDA, m) {
   m.impl("scan", &scan_cuda);
+  m.impl("scan.out", &scan_out_cuda);
   m.impl("scan_backward", &scan_backward_cuda);
 }
 

@@ -126,6 +126,27 @@ def test_non_contiguous_inputs(device):
             assert_close_to_reference(out, reference(lam, x, h0, reverse), torch.complex128)
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_out_variant(device, per_step):
+    for B, L, N in [(2, 300, 7), (1, 20_000, 1)]:
+        lam, x, h0 = make_inputs(B, L, N, torch.complex64, device, per_step, seed=L)
+        want = torch_lru.scan(lam, x, h0)
+        out = torch.full_like(x, float("nan"))
+        assert torch_lru.scan(lam, x, h0, out=out) is out
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        inplace = x.clone()  # out may be x itself
+        torch_lru.scan(lam, inplace, h0, out=inplace)
+        torch.testing.assert_close(inplace, want, rtol=0, atol=0)
+    B, L, N = 2, 5, 3
+    lam, x, _ = make_inputs(B, L, N, torch.complex64, device, per_step)
+    with pytest.raises(RuntimeError, match="out must have x's shape"):
+        torch_lru.scan(lam, x, out=torch.empty(B, L + 1, N, dtype=x.dtype, device=device))
+    with pytest.raises(RuntimeError, match="out and x must have the same dtype"):
+        torch_lru.scan(lam, x, out=torch.empty(B, L, N, device=device))
+    with pytest.raises(RuntimeError, match="out must be contiguous"):
+        torch_lru.scan(lam, x, out=torch.empty(B, N, L, dtype=x.dtype, device=device).transpose(1, 2))
+
+
 @pytest.mark.parametrize("shape", [(0, 5, 3), (2, 0, 3), (2, 5, 0)])
 @pytest.mark.parametrize("per_step", [False, True])
 def test_empty(device, shape, per_step):

@@ -64,7 +64,22 @@ void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam,
               " and h ", h.sym_sizes());
 }
 
+void check_scan_out(const at::Tensor& out, const at::Tensor& x) {
+  const char* op = "torch_lru::scan.out";
+  check_like(op, "out", out, "x", x);
+  TORCH_CHECK(out.sym_sizes() == x.sym_sizes(), op, ": out must have x's shape ", x.sym_sizes(), ", got ",
+              out.sym_sizes());
+  TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
+}
+
 namespace {
+
+at::Tensor& scan_out_meta(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                          bool /*reverse*/, at::Tensor& out) {
+  check_scan_inputs("torch_lru::scan.out", lam, x, h0);
+  check_scan_out(out, x);
+  return out;
+}
 
 at::Tensor scan_meta(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
                      bool /*reverse*/) {
@@ -90,6 +105,15 @@ at::Tensor scan(const at::Tensor& lam, const at::Tensor& x, const std::optional<
   return op.call(lam, x, h0, reverse);
 }
 
+at::Tensor& scan_out(at::Tensor& out, const at::Tensor& lam, const at::Tensor& x,
+                     const std::optional<at::Tensor>& h0, bool reverse) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::scan", "out")
+                       .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                          bool, at::Tensor&)>();
+  return op.call(lam, x, h0, reverse, out);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward(const at::Tensor& grad_h, const at::Tensor& lam,
                                                              const at::Tensor& h,
                                                              const std::optional<at::Tensor>& h0, bool reverse,
@@ -102,6 +126,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward(const at::Tensor& g
 
 TORCH_LIBRARY(torch_lru, m) {
   m.def("scan(Tensor lam, Tensor x, Tensor? h0=None, bool reverse=False) -> Tensor");
+  // Writes h into a preallocated contiguous tensor (no autograd: out= variants are not differentiable).
+  m.def("scan.out(Tensor lam, Tensor x, Tensor? h0=None, bool reverse=False, *, Tensor(a!) out) -> Tensor(a!)");
   m.def(
       "scan_backward(Tensor grad_h, Tensor lam, Tensor h, Tensor? h0, bool reverse, bool[3] output_mask)"
       " -> (Tensor, Tensor, Tensor)");
@@ -109,6 +135,7 @@ TORCH_LIBRARY(torch_lru, m) {
 
 TORCH_LIBRARY_IMPL(torch_lru, Meta, m) {
   m.impl("scan", &scan_meta);
+  m.impl("scan.out", &scan_out_meta);
   m.impl("scan_backward", &scan_backward_meta);
 }
 

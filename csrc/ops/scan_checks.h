@@ -17,6 +17,9 @@ void check_scan_inputs(const char* op, const at::Tensor& lam, const at::Tensor& 
 void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam,
                                 const at::Tensor& h, const std::optional<at::Tensor>& h0);
 
+// Checks the destination of scan.out: contiguous, with x's shape, dtype and device.
+void check_scan_out(const at::Tensor& out, const at::Tensor& x);
+
 // True when lam holds one value per step (B, L, N) rather than one per channel (N,).
 inline bool lam_is_per_step(const at::Tensor& lam) { return lam.dim() == 3; }
 

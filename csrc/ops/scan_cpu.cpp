@@ -174,10 +174,10 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
   run_partitioned<T>(p, L, state, aggregate, scan);
 }
 
-at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
-                    bool reverse) {
+at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                         bool reverse, at::Tensor& h) {
   check_scan_inputs("torch_lru::scan", lam, x, h0);
-  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  check_scan_out(h, x);
   if (h.numel() == 0) return h;
   const auto lam_c = lam.contiguous();
   const auto x_c = x.contiguous();
@@ -190,6 +190,12 @@ at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optio
         L, N, reverse);
   });
   return h;
+}
+
+at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                    bool reverse) {
+  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  return scan_out_cpu(lam, x, h0, reverse, h);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,6 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tenso
 
 TORCH_LIBRARY_IMPL(torch_lru, CPU, m) {
   m.impl("scan", &scan_cpu);
+  m.impl("scan.out", &scan_out_cpu);
   m.impl("scan_backward", &scan_backward_cpu);
 }
 

@@ -19,6 +19,10 @@ namespace torch_lru {
 at::Tensor scan(const at::Tensor& lam, const at::Tensor& x,
                 const std::optional<at::Tensor>& h0 = std::nullopt, bool reverse = false);
 
+// As scan, writing h into `out` (contiguous, x's shape, dtype and device). Not differentiable.
+at::Tensor& scan_out(at::Tensor& out, const at::Tensor& lam, const at::Tensor& x,
+                     const std::optional<at::Tensor>& h0 = std::nullopt, bool reverse = false);
+
 // The backward of scan, given grad_h and the forward's output h. Returns
 // (grad_lam, grad_x, grad_h0) in PyTorch's conjugate-Wirtinger convention; an entry whose
 // output_mask is false is an undefined tensor.
