@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every test: sets up the environment and builds the extension (reusing both when present),
+# then the Python suite, the LibTorch build with its GoogleTest suite and example under ctest, and
+# the same C++ suite built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# CUDA sources are compiled in every build; CUDA tests run only where a GPU is present.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+# Runs a build step, showing its output only if it fails.
+quiet() {
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log"
+    echo "test.sh: failed: $*" >&2
+    exit 1
+  fi
+  rm -f "$log"
+}
+
+echo "== environment and extension build"
+quiet scripts/setup_env.sh
+
+echo "== Python tests"
+scripts/python -m pytest tests -q -p no:cacheprovider
+
+echo "== LibTorch build and C++ tests"
+quiet scripts/build_cpp.sh build-cpp
+(cd build-cpp && ctest --output-on-failure)
+
+echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+# The sanitizer build checks host code; the CUDA kernels are compiled by the builds above.
+quiet scripts/build_cpp.sh build-asan -DTORCH_LRU_SANITIZE=ON -DTORCH_LRU_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+(cd build-asan && ASAN_OPTIONS=protect_shadow_gap=0 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure)
