@@ -9,6 +9,8 @@ venv=${TORCH_LRU_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/torch-lru/venv-$key}
 
 if [[ ! -f $venv/.complete ]]; then
   echo "setup_env: creating $venv" >&2
+  # Environments of earlier requirements are several GB each: keep only the current one.
+  [[ -z ${TORCH_LRU_VENV:-} ]] && rm -rf "$(dirname "$venv")"/venv-*
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip setuptools wheel

@@ -12,9 +12,12 @@ def scan_loop(lam: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor] = N
     """
     B, L, N = x.shape
     h = torch.zeros(B, N, dtype=x.dtype, device=x.device) if h0 is None else h0
+    # unbind once: indexing x[:, t] in the loop would make autograd write a full-size gradient per step
+    xs = x.unbind(1)
+    lams = lam.unbind(1) if lam.dim() == 3 else [lam] * L
     out = []
     for t in range(L - 1, -1, -1) if reverse else range(L):
-        h = (lam if lam.dim() == 1 else lam[:, t]) * h + x[:, t]
+        h = lams[t] * h + xs[t]
         out.append(h)
     if reverse:
         out.reverse()

@@ -1,0 +1,17 @@
+// The CPU kernels for the baseline x86-64 (SSE2) or any other architecture.
+#include <ATen/Parallel.h>
+#include <c10/util/complex.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "ops/scan_cpu_kernels_api.h"
+#include "torch_lru/scan_combine.h"
+
+#define TORCH_LRU_CPU_ISA baseline
+#include "ops/scan_cpu_kernels.h"
+
+namespace torch_lru::cpu::baseline {
+TORCH_LRU_INSTANTIATE_CPU_KERNELS
+}  // namespace torch_lru::cpu::baseline
