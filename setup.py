@@ -41,9 +41,11 @@ def extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         # Without a GPU to query, torch cannot pick architectures itself.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-v"] if os.environ.get(
-        "TORCH_LRU_PTXAS_VERBOSE"
-    ) else ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc_flags = (
+        ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-v"]
+        if os.environ.get("TORCH_LRU_PTXAS_VERBOSE")
+        else ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    )
     return CUDAExtension(
         sources=sources("csrc/ops/*.cpp") + sources("cuda/*.cu"),
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},

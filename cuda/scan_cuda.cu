@@ -46,8 +46,8 @@ __global__ void scan_forward_kernel(const T* __restrict__ lam, const T* __restri
 template <typename T, bool kPerStep>
 __global__ void scan_backward_kernel(const T* __restrict__ g, const T* __restrict__ lam, const T* __restrict__ h,
                                      const T* __restrict__ h0, T* __restrict__ gx, T* __restrict__ glam,
-                                     T* __restrict__ glam_rows, T* __restrict__ gh0, int64_t B, int64_t L,
-                                     int64_t N, bool reverse) {
+                                     T* __restrict__ glam_rows, T* __restrict__ gh0, int64_t B, int64_t L, int64_t N,
+                                     bool reverse) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * N) return;
   const Lane lane{i / N, i % N, L, N, !reverse};  // backward step s is the forward's step L-1-s
@@ -77,8 +77,8 @@ __global__ void scan_backward_kernel(const T* __restrict__ g, const T* __restric
 
 unsigned int grid_for(int64_t lanes) { return static_cast<unsigned int>((lanes + kThreads - 1) / kThreads); }
 
-at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
-                         bool reverse, at::Tensor& h) {
+at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
+                          at::Tensor& h) {
   check_scan_inputs("torch_lru::scan", lam, x, h0);
   check_scan_out(h, x);
   const c10::cuda::CUDAGuard device_guard(x.device());
@@ -90,17 +90,15 @@ at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std:
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(x.scalar_type(), "torch_lru::scan", [&] {
     auto kernel = lam_is_per_step(lam) ? &scan_forward_kernel<scalar_t, true> : &scan_forward_kernel<scalar_t, false>;
-    kernel<<<grid_for(B * N), kThreads, 0, stream>>>(
-        lam_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
-        h0_c.defined() ? h0_c.const_data_ptr<scalar_t>() : nullptr, h.mutable_data_ptr<scalar_t>(), B, L, N,
-        reverse);
+    kernel<<<grid_for(B * N), kThreads, 0, stream>>>(lam_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
+                                                     h0_c.defined() ? h0_c.const_data_ptr<scalar_t>() : nullptr,
+                                                     h.mutable_data_ptr<scalar_t>(), B, L, N, reverse);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return h;
 }
 
-at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
-                    bool reverse) {
+at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
   auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   return scan_out_cuda(lam, x, h0, reverse, h);
 }

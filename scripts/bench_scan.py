@@ -101,18 +101,22 @@ def bench_size(B, L, N, device):
 
 def print_table(rows, device):
     print(f"\nscan benchmark, complex64, lam (N,), device={device}, threads={torch.get_num_threads()}")
-    head = (f"{'B x L x N':>18} | {'copy GB/s a/r':>14} | {'scan GB/s a/r':>14} | {'fwd/copy a/r':>12} | "
-            f"{'bwd GB/s':>8} | {'f+b GB/s':>8} | {'vs loop f':>9} | {'vs loop f+b':>11}")
+    head = (
+        f"{'B x L x N':>18} | {'copy GB/s a/r':>14} | {'scan GB/s a/r':>14} | {'fwd/copy a/r':>12} | "
+        f"{'bwd GB/s':>8} | {'f+b GB/s':>8} | {'vs loop f':>9} | {'vs loop f+b':>11}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         s, bw = r["size"], r["GB/s"]
         loop_f = f"{r['speed-up vs loop fwd']:.0f}x" if "speed-up vs loop fwd" in r else "-"
         loop_fb = f"{r['speed-up vs loop fwd+bwd']:.0f}x" if "speed-up vs loop fwd+bwd" in r else "-"
-        print(f"{'x'.join(map(str, s)):>18} | {bw['copy alloc']:6.1f}/{bw['copy reuse']:6.1f} | "
-              f"{bw['scan alloc']:6.1f}/{bw['scan reuse']:6.1f} | "
-              f"{r['fwd / copy (alloc)']:5.2f}/{r['fwd / copy (reuse)']:5.2f} | {bw['backward alloc']:8.1f} | "
-              f"{bw['scan fwd+bwd']:8.1f} | {loop_f:>9} | {loop_fb:>11}")
+        print(
+            f"{'x'.join(map(str, s)):>18} | {bw['copy alloc']:6.1f}/{bw['copy reuse']:6.1f} | "
+            f"{bw['scan alloc']:6.1f}/{bw['scan reuse']:6.1f} | "
+            f"{r['fwd / copy (alloc)']:5.2f}/{r['fwd / copy (reuse)']:5.2f} | {bw['backward alloc']:8.1f} | "
+            f"{bw['scan fwd+bwd']:8.1f} | {loop_f:>9} | {loop_fb:>11}"
+        )
 
 
 def plot(rows, path, device):

@@ -22,6 +22,17 @@ quiet() {
 echo "== environment and extension build"
 quiet scripts/setup_env.sh
 
+echo "== style (ruff, clang-format)"
+venv=$(TORCH_LRU_SKIP_BUILD=1 scripts/setup_env.sh | tail -n 1)
+"$venv/bin/ruff" format --check --quiet python tests scripts setup.py
+"$venv/bin/ruff" check --quiet python tests scripts setup.py
+cpp_files=$(git ls-files '*.h' '*.cpp' '*.cu')
+if command -v clang-format >/dev/null; then
+  clang-format --dry-run -Werror $cpp_files
+else
+  echo "clang-format not installed: C++ formatting not checked (apt-get install clang-format)"
+fi
+
 echo "== Python tests"
 scripts/python -m pytest tests -q -p no:cacheprovider
 

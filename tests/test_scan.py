@@ -4,14 +4,17 @@ import random
 
 import pytest
 import torch
-from torch.testing._internal.optests import opcheck
 
 import torch_lru
 from torch_lru.reference import scan_loop
 
 DTYPES = [torch.float32, torch.float64, torch.complex64, torch.complex128]
-WIDE = {torch.float32: torch.float64, torch.float64: torch.float64, torch.complex64: torch.complex128,
-        torch.complex128: torch.complex128}
+WIDE = {
+    torch.float32: torch.float64,
+    torch.float64: torch.float64,
+    torch.complex64: torch.complex128,
+    torch.complex128: torch.complex128,
+}
 
 
 def make_lam(shape, dtype, device, r_min=0.5, r_max=0.99, generator=None):
@@ -47,8 +50,17 @@ def assert_close_to_reference(out, ref, dtype):
 
 
 # Odd sizes, L = 1, B = 1, N = 1, sizes around the CPU kernel's block width (16..256 channels).
-SHAPES = [(1, 1, 1), (1, 7, 1), (3, 1, 5), (2, 33, 17), (1, 100, 300), (5, 64, 16), (4, 129, 257), (2, 1000, 3),
-          (1, 3000, 1)]
+SHAPES = [
+    (1, 1, 1),
+    (1, 7, 1),
+    (3, 1, 5),
+    (2, 33, 17),
+    (1, 100, 300),
+    (5, 64, 16),
+    (4, 129, 257),
+    (2, 1000, 3),
+    (1, 3000, 1),
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -89,7 +101,8 @@ def test_split_along_length(device, threads, per_step, reverse):
             g = torch.randn_like(out)
             got = torch.ops.torch_lru.scan_backward(g, lam, out, h0, reverse, [True, True, True])
             want = torch.autograd.grad(
-                scan_loop(lam.requires_grad_(), x.requires_grad_(), h0.requires_grad_(), reverse), (lam, x, h0), g)
+                scan_loop(lam.requires_grad_(), x.requires_grad_(), h0.requires_grad_(), reverse), (lam, x, h0), g
+            )
             for a, b in zip(got, want):
                 torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
             lam.requires_grad_(False), x.requires_grad_(False), h0.requires_grad_(False)
@@ -253,7 +266,7 @@ def opcheck_samples(device):
 
 def test_opcheck_scan(device):
     for args in opcheck_samples(device):
-        opcheck(torch.ops.torch_lru.scan.default, args)
+        torch.library.opcheck(torch.ops.torch_lru.scan.default, args)
 
 
 def test_opcheck_scan_backward(device):
@@ -262,7 +275,9 @@ def test_opcheck_scan_backward(device):
         h0 = None if h0 is None else h0.detach()
         h = torch_lru.scan(lam, x, h0, reverse)
         mask = [True, True, h0 is not None]
-        opcheck(torch.ops.torch_lru.scan_backward.default, (torch.randn_like(h), lam, h, h0, reverse, mask))
+        torch.library.opcheck(
+            torch.ops.torch_lru.scan_backward.default, (torch.randn_like(h), lam, h, h0, reverse, mask)
+        )
 
 
 def test_torch_compile_fullgraph(device):

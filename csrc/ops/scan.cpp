@@ -18,19 +18,18 @@ bool is_supported_dtype(at::ScalarType t) {
 
 // `xn` names the (B, L, N) tensor the others are checked against: x in the forward, h in the backward.
 void check_like(const char* op, const char* name, const at::Tensor& t, const char* xn, const at::Tensor& x) {
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " and ", xn, " must have the same dtype, got ",
-              name, " ", t.scalar_type(), " and ", xn, " ", x.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " and ", xn, " must be on the same device, got ", name,
-              " on ", t.device(), " and ", xn, " on ", x.device());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, " and ", xn, " must have the same dtype, got ", name,
+              " ", t.scalar_type(), " and ", xn, " ", x.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " and ", xn, " must be on the same device, got ", name, " on ",
+              t.device(), " and ", xn, " on ", x.device());
 }
 
 void check_inputs(const char* op, const at::Tensor& lam, const char* xn, const at::Tensor& x,
                   const std::optional<at::Tensor>& h0) {
   TORCH_CHECK(x.defined() && lam.defined(), op, ": lam and ", xn, " must be defined tensors");
-  TORCH_CHECK(x.dim() == 3, op, ": ", xn, " must have shape (B, L, N), got ", x.dim(), " dimensions ",
-              x.sym_sizes());
-  TORCH_CHECK(is_supported_dtype(x.scalar_type()), op,
-              ": unsupported dtype ", x.scalar_type(), " (expected float32, float64, complex64 or complex128)");
+  TORCH_CHECK(x.dim() == 3, op, ": ", xn, " must have shape (B, L, N), got ", x.dim(), " dimensions ", x.sym_sizes());
+  TORCH_CHECK(is_supported_dtype(x.scalar_type()), op, ": unsupported dtype ", x.scalar_type(),
+              " (expected float32, float64, complex64 or complex128)");
   check_like(op, "lam", lam, xn, x);
   if (lam.dim() == 1) {
     TORCH_CHECK(lam.sym_size(0) == x.sym_size(2), op, ": lam of shape (N,) must match ", xn,
@@ -89,8 +88,8 @@ at::Tensor scan_meta(const at::Tensor& lam, const at::Tensor& x, const std::opti
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_meta(const at::Tensor& grad_h, const at::Tensor& lam,
                                                                   const at::Tensor& h,
-                                                                  const std::optional<at::Tensor>& h0,
-                                                                  bool /*reverse*/, std::array<bool, 3> mask) {
+                                                                  const std::optional<at::Tensor>& h0, bool /*reverse*/,
+                                                                  std::array<bool, 3> mask) {
   check_scan_backward_inputs(grad_h, lam, h, h0);
   const bool has_h0 = h0.has_value() && h0->defined();
   return {mask[0] ? at::empty_like(lam, at::MemoryFormat::Contiguous) : at::Tensor(),
@@ -105,22 +104,20 @@ at::Tensor scan(const at::Tensor& lam, const at::Tensor& x, const std::optional<
   return op.call(lam, x, h0, reverse);
 }
 
-at::Tensor& scan_out(at::Tensor& out, const at::Tensor& lam, const at::Tensor& x,
-                     const std::optional<at::Tensor>& h0, bool reverse) {
+at::Tensor& scan_out(at::Tensor& out, const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                     bool reverse) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("torch_lru::scan", "out")
-                       .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                          bool, at::Tensor&)>();
+                       .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, bool,
+                                          at::Tensor&)>();
   return op.call(lam, x, h0, reverse, out);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward(const at::Tensor& grad_h, const at::Tensor& lam,
-                                                             const at::Tensor& h,
-                                                             const std::optional<at::Tensor>& h0, bool reverse,
-                                                             std::array<bool, 3> output_mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("torch_lru::scan_backward", "")
-                       .typed<decltype(scan_backward)>();
+                                                             const at::Tensor& h, const std::optional<at::Tensor>& h0,
+                                                             bool reverse, std::array<bool, 3> output_mask) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("torch_lru::scan_backward", "").typed<decltype(scan_backward)>();
   return op.call(grad_h, lam, h, h0, reverse, output_mask);
 }
 

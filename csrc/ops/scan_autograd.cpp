@@ -32,8 +32,7 @@ at::Tensor h_of_previous_step(const at::Tensor& h, const at::Tensor& h0, bool re
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_differentiable(const at::Tensor& grad_h,
-                                                                            const at::Tensor& lam,
-                                                                            const at::Tensor& h,
+                                                                            const at::Tensor& lam, const at::Tensor& h,
                                                                             const at::Tensor& h0, bool reverse,
                                                                             std::array<bool, 3> mask) {
   const bool per_step = lam_is_per_step(lam);

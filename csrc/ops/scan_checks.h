@@ -10,12 +10,11 @@ namespace torch_lru {
 
 // Checks x (B, L, N), lam (N,) or (B, L, N), h0 (B, N) or absent: ranks, shapes, one supported
 // dtype, one device. Throws c10::Error naming the op and the offending argument.
-void check_scan_inputs(const char* op, const at::Tensor& lam, const at::Tensor& x,
-                       const std::optional<at::Tensor>& h0);
+void check_scan_inputs(const char* op, const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0);
 
 // As above for the backward, plus grad_h matching h.
-void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam,
-                                const at::Tensor& h, const std::optional<at::Tensor>& h0);
+void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam, const at::Tensor& h,
+                                const std::optional<at::Tensor>& h0);
 
 // Checks the destination of scan.out: contiguous, with x's shape, dtype and device.
 void check_scan_out(const at::Tensor& out, const at::Tensor& x);

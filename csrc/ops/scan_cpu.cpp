@@ -21,7 +21,8 @@ bool use_avx2() {
 
 template <typename T>
 auto forward_kernel(bool per_step) {
-  if (use_avx2()) return per_step ? &cpu::avx2::scan_forward_kernel<T, true> : &cpu::avx2::scan_forward_kernel<T, false>;
+  if (use_avx2())
+    return per_step ? &cpu::avx2::scan_forward_kernel<T, true> : &cpu::avx2::scan_forward_kernel<T, false>;
   return per_step ? &cpu::baseline::scan_forward_kernel<T, true> : &cpu::baseline::scan_forward_kernel<T, false>;
 }
 
@@ -33,8 +34,8 @@ auto backward_kernel(bool per_step) {
   return per_step ? &cpu::baseline::scan_backward_kernel<T, true> : &cpu::baseline::scan_backward_kernel<T, false>;
 }
 
-at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
-                         bool reverse, at::Tensor& h) {
+at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
+                         at::Tensor& h) {
   check_scan_inputs("torch_lru::scan", lam, x, h0);
   check_scan_out(h, x);
   if (h.numel() == 0) return h;
@@ -44,14 +45,13 @@ at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::
   const int64_t B = x.size(0), L = x.size(1), N = x.size(2);
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(x.scalar_type(), "torch_lru::scan", [&] {
     const scalar_t* h0_ptr = h0_c.defined() ? h0_c.const_data_ptr<scalar_t>() : nullptr;
-    forward_kernel<scalar_t>(lam_is_per_step(lam))(lam_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(), h0_ptr, h.mutable_data_ptr<scalar_t>(), B,
-        L, N, reverse);
+    forward_kernel<scalar_t>(lam_is_per_step(lam))(lam_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
+                                                   h0_ptr, h.mutable_data_ptr<scalar_t>(), B, L, N, reverse);
   });
   return h;
 }
 
-at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
-                    bool reverse) {
+at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
   auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   return scan_out_cpu(lam, x, h0, reverse, h);
 }
@@ -78,14 +78,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tenso
   const auto h_c = h.contiguous();
   const auto h0_c = has_h0 ? h0->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
-    backward_kernel<scalar_t>(lam_is_per_step(lam))(g_c.const_data_ptr<scalar_t>(), lam_c.const_data_ptr<scalar_t>(), h_c.const_data_ptr<scalar_t>(),
+    backward_kernel<scalar_t>(lam_is_per_step(lam))(
+        g_c.const_data_ptr<scalar_t>(), lam_c.const_data_ptr<scalar_t>(), h_c.const_data_ptr<scalar_t>(),
         has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
         glam.defined() ? glam.mutable_data_ptr<scalar_t>() : nullptr,
         gh0.defined() ? gh0.mutable_data_ptr<scalar_t>() : nullptr, B, L, N, reverse);
   });
   return {glam, mask[1] ? gx : at::Tensor(), gh0};
 }
-
 
 }  // namespace
 

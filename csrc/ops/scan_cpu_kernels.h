@@ -21,15 +21,16 @@
 namespace torch_lru::cpu::TORCH_LRU_CPU_ISA {
 
 constexpr int64_t kMaxBlock = 1024;          // channels per unit; the unit's state lives on the stack
+constexpr int64_t kMinSplit = 256;           // fewest channels of a row given to one unit when rows are split
 constexpr int64_t kChunkBytes = 128 * 1024;  // bytes of x per chunk of the L-split path
 constexpr int64_t kMinChunkLen = 64;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
-  int64_t block = 1;    // channels per unit
-  int64_t blocks = 1;   // units per batch row
-  int64_t units = 0;    // B * blocks
-  int64_t chunks = 1;   // chunks per unit in each tile (1: no split along L)
+  int64_t block = 1;   // channels per unit
+  int64_t blocks = 1;  // units per batch row
+  int64_t units = 0;   // B * blocks
+  int64_t chunks = 1;  // chunks per unit in each tile (1: no split along L)
   int64_t chunk_len = 1;
 
   int64_t tile_len(int64_t L) const { return chunks == 1 ? L : chunks * chunk_len; }
@@ -41,6 +42,12 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
   // Whole rows: splitting a row among threads would turn one contiguous stream into many strided
   // ones, which the prefetchers follow badly; below one unit per thread, L is split instead.
   p.block = std::min(N, kMaxBlock);
+  // Wide rows may still be shared among threads in runs of at least kMinSplit channels (2 KB of
+  // complex64), long enough for the prefetchers.
+  const int64_t want = std::min((threads + B - 1) / B, N / kMinSplit);
+  if (B * ((N + p.block - 1) / p.block) < threads && want > 1) {
+    p.block = std::min(p.block, (N + want - 1) / want);
+  }
   p.blocks = (N + p.block - 1) / p.block;
   p.units = B * p.blocks;
   p.chunk_len = std::max(kMinChunkLen, kChunkBytes / (p.block * elem_size));
@@ -112,13 +119,10 @@ struct UnitLayout {
   int64_t channel0(int64_t u) const { return (u % blocks) * block; }
   int64_t width(int64_t u) const { return std::min(block, N - channel0(u)); }
   // Element offset of channel0(u) at logical step s.
-  int64_t offset(int64_t u, int64_t s) const {
-    return (batch(u) * L + time_index(s, L, reverse)) * N + channel0(u);
-  }
+  int64_t offset(int64_t u, int64_t s) const { return (batch(u) * L + time_index(s, L, reverse)) * N + channel0(u); }
   // Element distance between consecutive logical steps.
   int64_t step() const { return reverse ? -N : N; }
 };
-
 
 // The state of one unit: `nb` channels, kept so that the loops over channels vectorise. Each loop
 // reads and writes rows of the (B, L, N) tensors (`nb` consecutive values of T).
@@ -223,8 +227,7 @@ struct Row<c10::complex<R>> {
 // Forward: h_t = a_t * h_{t-1} + x_t.
 
 template <typename T, bool kPerStep>
-void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N,
-                         bool reverse) {
+void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N, bool reverse) {
   const Partition p = make_partition(B, L, N, sizeof(T));
   const UnitLayout lay{L, N, p.blocks, p.block, reverse};
   const int64_t step = lay.step();
