@@ -362,3 +362,35 @@ def test_bad_backward_inputs(device):
         torch.ops.torch_lru.scan_backward(h[:, :4], lam, h, h0, False, [True, True, True])
     with pytest.raises(RuntimeError, match="grad_h and h must have the same dtype"):
         torch.ops.torch_lru.scan_backward(h.real, lam, h, h0, False, [True, True, True])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA against the CPU reference kernels (skipped without a GPU)
+
+
+def poison_cuda_cache(nbytes=1 << 28):
+    """Fill and free a large block so that fresh CUDA allocations start as NaN, not zero: an output
+    element a kernel fails to write then shows up in the comparison."""
+    torch.full((nbytes // 4,), float("nan"), device="cuda")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_step", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cuda_matches_cpu(cuda, dtype, per_step, reverse):
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # fresh inputs on every run
+    for B, L, N in [(1, 1, 1), (3, 1000, 5), (2, 4097, 130), (1, 70_000, 2)]:
+        lam, x, h0 = make_inputs(B, L, N, dtype, "cpu", per_step, seed=seed)
+        g = torch.randn(B, L, N, dtype=WIDE[dtype]).to(dtype)
+        want_h = torch_lru.scan(lam, x, h0, reverse)
+        want = torch.ops.torch_lru.scan_backward(g, lam, want_h, h0, reverse, [True, True, True])
+        poison_cuda_cache()
+        dev = [t.to(cuda) for t in (lam, x, h0, g)]
+        got_h = torch_lru.scan(dev[0], dev[1], dev[2], reverse)
+        got = torch.ops.torch_lru.scan_backward(dev[3], dev[0], got_h, dev[2], reverse, [True, True, True])
+        single = dtype in (torch.float32, torch.complex64)
+        for a, b in zip((got_h, *got), (want_h, *want)):
+            assert not a.isnan().any(), f"unwritten output (seed {seed})"
+            scale = max(b.abs().max().item(), 1.0)
+            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=(1e-4 if single else 1e-11) * scale, msg=f"seed {seed}")
