@@ -6,6 +6,9 @@
 #include <c10/util/complex.h>
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 

@@ -7,11 +7,10 @@
 // Work is split into units of (batch row, block of channels); channels are the contiguous axis, and
 // a block is a whole row whenever N allows, so a unit streams through contiguous memory and the
 // inner loop over channels vectorises (complex state is kept as separate real and imaginary arrays
-// for that). When threads outnumber units at least three to one (small B, long L) the L axis is split:
-// L is walked in tiles of `chunks` chunks; each chunk is first reduced to one affine map, the maps
-// give every chunk its carry-in, and each chunk is then scanned from its carry. Chunks are sized to
-// stay in a core's L2 between the two passes, so memory traffic stays near one read of x and one
-// write of h.
+// for that). When threads outnumber units three to one or more (small B, long L) L is split into
+// chunks, chained as in a decoupled look-back scan (run_partitioned). Chunks are sized to stay in
+// a core's L2 between reduction and scan, so memory traffic stays near one read of x and one write
+// of h.
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -22,18 +21,19 @@ namespace torch_lru::cpu::TORCH_LRU_CPU_ISA {
 
 constexpr int64_t kMaxBlock = 1024;          // channels per unit; the unit's state lives on the stack
 constexpr int64_t kMinSplit = 256;           // fewest channels of a row given to one unit when rows are split
-constexpr int64_t kChunkBytes = 128 * 1024;  // bytes of x per chunk of the L-split path
+constexpr int64_t kChunkBytes = 256 * 1024;  // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
-  int64_t block = 1;   // channels per unit
-  int64_t blocks = 1;  // units per batch row
-  int64_t units = 0;   // B * blocks
-  int64_t chunks = 1;  // chunks per unit in each tile (1: no split along L)
-  int64_t chunk_len = 1;
+  int64_t block = 1;       // channels per unit
+  int64_t blocks = 1;      // units per batch row
+  int64_t units = 0;       // B * blocks
+  ChunkPlan chunks{0, 1};  // the split of L (one chunk: no split)
 
-  int64_t tile_len(int64_t L) const { return chunks == 1 ? L : chunks * chunk_len; }
+  bool split() const { return chunks.num_chunks() > 1; }
+  // Index of the chunk holding logical step s.
+  int64_t chunk_of(int64_t s) const { return s / chunks.chunk_len; }
 };
 
 Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
@@ -50,63 +50,61 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
   }
   p.blocks = (N + p.block - 1) / p.block;
   p.units = B * p.blocks;
-  p.chunk_len = std::max(kMinChunkLen, kChunkBytes / (p.block * elem_size));
-  // The split does about twice the arithmetic of a plain scan (reduce, then scan), so it pays only
-  // when it brings at least three threads to each unit.
-  if (threads >= 3 * p.units && L >= 2 * p.chunk_len) {
-    p.chunks = (threads + p.units - 1) / p.units;
-  }
+  const int64_t chunk_len = std::max(kMinChunkLen, kChunkBytes / (p.block * elem_size));
+  // The split does about twice the arithmetic of a plain scan (reduce, then scan); measured on two
+  // cores it was slower than one thread per unit, so it is used from three threads per unit on.
+  const bool split = threads >= 3 * p.units && L >= 2 * chunk_len;
+  p.chunks = ChunkPlan{L, split ? chunk_len : std::max<int64_t>(L, 1)};
   return p;
 }
 
-// Runs a scan over logical steps [0, L) of every unit, splitting L when the partition says so.
+// Runs a scan over logical steps [0, L) of every unit.
 //   aggregate(unit, s0, s1, Affine<T>* maps): the map of steps [s0, s1), per channel of the unit
 //   scan(unit, s0, s1, T* state): runs steps [s0, s1) from state (per channel), leaving the end
 //     state in it
 // `state` holds one row of p.block values per unit: the initial state in, the final state out.
+//
+// With L split, chunks are claimed in order from a shared counter (unit-interleaved). A worker
+// reduces its chunk to a map while the chunk before it is still in flight, waits for that chunk's
+// carry, publishes its own carry-out (map applied to carry-in) for the next chunk at once, and
+// then scans its chunk from the carry-in, reading the data it just brought into its cache. Chunks
+// are claimed in order and a claimed chunk only waits for earlier ones, so any number of workers,
+// one included, makes progress; the arithmetic does not depend on which worker takes which chunk.
 template <typename T, typename AggregateFn, typename ScanFn>
 void run_partitioned(const Partition& p, int64_t L, std::vector<T>& state, const AggregateFn& aggregate,
                      const ScanFn& scan) {
-  const int64_t C = p.chunks;
-  const int64_t jobs = p.units * C;
-  std::vector<Affine<T>> maps(C > 1 ? jobs * p.block : 0);
-  std::vector<T> carry(jobs * p.block);
-  for (int64_t t0 = 0; t0 < L; t0 += p.tile_len(L)) {
-    const int64_t t1 = std::min(L, t0 + p.tile_len(L));
-    auto bounds = [&](int64_t c) {
-      const int64_t s0 = std::min(t1, t0 + c * p.chunk_len);
-      return std::make_pair(s0, c == C - 1 ? t1 : std::min(t1, s0 + p.chunk_len));
-    };
-    if (C > 1) {
-      // Pass 1: every chunk but each unit's last reduced to its map.
-      at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t job = begin; job < end; ++job) {
-          const int64_t c = job % C;
-          const auto [s0, s1] = bounds(c);
-          if (c != C - 1) aggregate(job / C, s0, s1, &maps[job * p.block]);
-        }
-      });
-    }
-    // Carry-in of every chunk, from its unit's state and the maps of the chunks before it.
-    for (int64_t u = 0; u < p.units; ++u) {
-      T* row = &carry[u * C * p.block];
-      std::copy_n(&state[u * p.block], p.block, row);
-      for (int64_t c = 1; c < C; ++c) {
-        const Affine<T>* m = &maps[(u * C + c - 1) * p.block];
-        for (int64_t j = 0; j < p.block; ++j) row[c * p.block + j] = m[j].apply(row[(c - 1) * p.block + j]);
-      }
-    }
-    // Pass 2: every chunk scanned from its carry-in.
-    at::parallel_for(0, jobs, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t job = begin; job < end; ++job) {
-        const auto [s0, s1] = bounds(job % C);
-        if (s0 < s1) scan(job / C, s0, s1, &carry[job * p.block]);
-      }
+  if (!p.split()) {
+    at::parallel_for(0, p.units, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) scan(u, 0, L, &state[u * p.block]);
     });
-    for (int64_t u = 0; u < p.units; ++u) {
-      std::copy_n(&carry[(u * C + C - 1) * p.block], p.block, &state[u * p.block]);
-    }
+    return;
   }
+  const int64_t C = p.chunks.num_chunks();
+  const int64_t total = p.units * C;
+  std::vector<T> carry(total * p.block);  // carry-in of chunk i = c * units + u
+  std::unique_ptr<std::atomic<bool>[]> ready(new std::atomic<bool>[total]);
+  for (int64_t i = 0; i < total; ++i) ready[i].store(i < p.units, std::memory_order_relaxed);
+  for (int64_t u = 0; u < p.units; ++u) std::copy_n(&state[u * p.block], p.block, &carry[u * p.block]);
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), total);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    std::vector<Affine<T>> map(p.block);
+    for (int64_t i = next.fetch_add(1); i < total; i = next.fetch_add(1)) {
+      const int64_t u = i % p.units, c = i / p.units;
+      const int64_t s0 = p.chunks.begin(c), s1 = p.chunks.end(c);
+      const bool last = c == C - 1;
+      if (!last) aggregate(u, s0, s1, map.data());
+      while (!ready[i].load(std::memory_order_acquire)) std::this_thread::yield();
+      T* in = &carry[i * p.block];
+      if (!last) {
+        T* out = &carry[(i + p.units) * p.block];
+        for (int64_t j = 0; j < p.block; ++j) out[j] = map[j].apply(in[j]);
+        ready[i + p.units].store(true, std::memory_order_release);
+      }
+      scan(u, s0, s1, in);
+      if (last) std::copy_n(in, p.block, &state[u * p.block]);
+    }
+  });
 }
 
 // Where a unit's data lives in a contiguous (B, L, N) tensor, and how logical steps map to rows.
@@ -242,10 +240,11 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
     for (int64_t s = s0; s < s1; ++s, xs += step, as += kPerStep ? step : 0) {
-      A.template scale<false>(as, nb);
+      if (kPerStep) A.template scale<false>(as, nb);
       Bv.template step<false>(as, xs, nullptr, nb);
     }
-    for (int64_t j = 0; j < nb; ++j) maps[j] = {A.get(j), Bv.get(j)};
+    const T* a = coef(u, s0);
+    for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : power(a[j], s1 - s0), Bv.get(j)};
   };
 
   auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
@@ -285,7 +284,7 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
   const int64_t step = lay.step();
   const bool grad_lam = glam != nullptr;
   // Time-invariant grad_lam: one partial sum per (unit, chunk) row, reduced in a fixed order.
-  std::vector<T> partial(!kPerStep && grad_lam ? p.units * p.chunks * p.block : 0, T(0));
+  std::vector<T> partial(!kPerStep && grad_lam ? p.units * p.chunks.num_chunks() * p.block : 0, T(0));
   auto coef = [&](int64_t u, int64_t s) { return kPerStep ? lam + lay.offset(u, s) : lam + lay.channel0(u); };
 
   // The coefficient of step s is conj(a) at step s-1; step 0 starts from a zero carry, so its
@@ -303,12 +302,17 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
       A.fill(T(1), nb);
       Bv.fill(T(0), nb);
     }
+    const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
     const T* as = coef(u, s - 1);
     for (; s < s1; ++s, gs += step, as += kPerStep ? step : 0) {
-      A.template scale<true>(as, nb);
+      if (kPerStep) A.template scale<true>(as, nb);
       Bv.template step<true>(as, gs, nullptr, nb);
     }
-    for (int64_t j = 0; j < nb; ++j) maps[j] = {A.get(j), Bv.get(j)};
+    const T* a = coef(u, 0);
+    for (int64_t j = 0; j < nb; ++j) {
+      const T prod = s0 == 0 ? T(0) : power(conj_value(a[j]), scaled);
+      maps[j] = {kPerStep ? A.get(j) : prod, Bv.get(j)};
+    }
   };
 
   auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
@@ -345,10 +349,9 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
     }
     d.store(state, nb);
     if (!kPerStep && grad_lam) {
-      // Chunk c of unit u always owns row (u, c): tiles run one after another, so no race.
-      const int64_t c = (s0 % p.tile_len(L)) / p.chunk_len;
-      T* row = &partial[(u * p.chunks + std::min(c, p.chunks - 1)) * p.block];
-      for (int64_t j = 0; j < nb; ++j) row[j] += acc.get(j);
+      // One row per (unit, chunk), summed below in a fixed order: deterministic.
+      T* row = &partial[(u * p.chunks.num_chunks() + p.chunk_of(s0)) * p.block];
+      for (int64_t j = 0; j < nb; ++j) row[j] = acc.get(j);
     }
   };
 
@@ -366,8 +369,8 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
   if (!kPerStep && grad_lam) {
     std::fill_n(glam, N, T(0));
     for (int64_t u = 0; u < p.units; ++u) {
-      for (int64_t c = 0; c < p.chunks; ++c) {
-        const T* row = &partial[(u * p.chunks + c) * p.block];
+      for (int64_t c = 0; c < p.chunks.num_chunks(); ++c) {
+        const T* row = &partial[(u * p.chunks.num_chunks() + c) * p.block];
         for (int64_t j = 0; j < lay.width(u); ++j) glam[lay.channel0(u) + j] += row[j];
       }
     }

@@ -24,6 +24,16 @@ C10_HOST_DEVICE inline c10::complex<T> conj_value(c10::complex<T> v) {
   return c10::complex<T>(v.real(), -v.imag());
 }
 
+// a to the power n >= 0 by repeated squaring: the product of a constant coefficient over n steps.
+template <typename T>
+C10_HOST_DEVICE inline T power(T a, int64_t n) {
+  T result(1);
+  for (; n > 0; n >>= 1, a = a * a) {
+    if (n & 1) result = result * a;
+  }
+  return result;
+}
+
 // The affine map h -> a * h + b.
 template <typename T>
 struct Affine {
