@@ -109,18 +109,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
                                                                   std::array<bool, 3> mask) {
   check_scan_backward_inputs(grad_h, lam, h, h0);
   const c10::cuda::CUDAGuard device_guard(h.device());
+  auto out = make_scan_backward_outputs(lam, h, h0, mask);
+  if (out.done) return out.result();
   const bool has_h0 = h0.has_value() && h0->defined();
   const bool per_step = lam_is_per_step(lam);
-  const auto contiguous = at::MemoryFormat::Contiguous;
   const int64_t B = h.size(0), L = h.size(1), N = h.size(2);
-  auto gx = at::empty(h.sizes(), h.options().memory_format(contiguous));
-  auto glam = mask[0] ? at::empty(lam.sizes(), lam.options().memory_format(contiguous)) : at::Tensor();
-  auto gh0 = mask[2] && has_h0 ? at::empty(h0->sizes(), h0->options().memory_format(contiguous)) : at::Tensor();
-  if (B * L * N == 0) {
-    if (glam.defined()) glam.zero_();
-    if (gh0.defined()) gh0.zero_();
-    return {glam, mask[1] ? gx : at::Tensor(), gh0};
-  }
   auto glam_rows = mask[0] && !per_step ? at::empty({B, N}, h.options()) : at::Tensor();
   const auto g_c = grad_h.contiguous();
   const auto lam_c = lam.contiguous();
@@ -132,12 +125,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
     kernel<<<grid_for(B * N), kThreads, 0, stream>>>(
         g_c.const_data_ptr<scalar_t>(), lam_c.const_data_ptr<scalar_t>(), h_c.const_data_ptr<scalar_t>(),
-        has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
-        per_step ? ptr(glam) : nullptr, ptr(glam_rows), ptr(gh0), B, L, N, reverse);
+        has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, out.grad_x.mutable_data_ptr<scalar_t>(),
+        per_step ? ptr(out.grad_lam) : nullptr, ptr(glam_rows), ptr(out.grad_h0), B, L, N, reverse);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  if (glam_rows.defined()) at::sum_out(glam, glam_rows, {0});
-  return {glam, mask[1] ? gx : at::Tensor(), gh0};
+  if (glam_rows.defined()) at::sum_out(out.grad_lam, glam_rows, {0});
+  return out.result();
 }
 
 }  // namespace

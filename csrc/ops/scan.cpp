@@ -71,6 +71,20 @@ void check_scan_out(const at::Tensor& out, const at::Tensor& x) {
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
 }
 
+ScanBackwardOutputs make_scan_backward_outputs(const at::Tensor& lam, const at::Tensor& h,
+                                               const std::optional<at::Tensor>& h0, std::array<bool, 3> mask) {
+  const auto contiguous = at::MemoryFormat::Contiguous;
+  const bool has_h0 = h0.has_value() && h0->defined();
+  ScanBackwardOutputs out{mask[0] ? at::empty_like(lam, contiguous) : at::Tensor(), at::empty_like(h, contiguous),
+                          mask[2] && has_h0 ? at::empty_like(*h0, contiguous) : at::Tensor(), mask, false};
+  if (h.sym_numel() == 0) {
+    if (out.grad_lam.defined()) out.grad_lam.zero_();
+    if (out.grad_h0.defined()) out.grad_h0.zero_();
+    out.done = true;
+  }
+  return out;
+}
+
 namespace {
 
 at::Tensor& scan_out_meta(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
@@ -91,10 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_meta(const at::Tens
                                                                   const std::optional<at::Tensor>& h0, bool /*reverse*/,
                                                                   std::array<bool, 3> mask) {
   check_scan_backward_inputs(grad_h, lam, h, h0);
-  const bool has_h0 = h0.has_value() && h0->defined();
-  return {mask[0] ? at::empty_like(lam, at::MemoryFormat::Contiguous) : at::Tensor(),
-          mask[1] ? at::empty_like(h, at::MemoryFormat::Contiguous) : at::Tensor(),
-          mask[2] && has_h0 ? at::empty_like(*h0, at::MemoryFormat::Contiguous) : at::Tensor()};
+  return make_scan_backward_outputs(lam, h, h0, mask).result();
 }
 
 }  // namespace

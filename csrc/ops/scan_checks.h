@@ -2,7 +2,9 @@
 // the same way whichever kernel the dispatcher picks.
 #pragma once
 
+#include <array>
 #include <optional>
+#include <tuple>
 
 #include <ATen/core/Tensor.h>
 
@@ -18,6 +20,21 @@ void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam,
 
 // Checks the destination of scan.out: contiguous, with x's shape, dtype and device.
 void check_scan_out(const at::Tensor& out, const at::Tensor& x);
+
+// The outputs of scan_backward, allocated (contiguous) for the entries output_mask asks for;
+// grad_x is always allocated, since the kernels compute it on the way. For a problem with no
+// elements they are final already: nothing flows to lam, and h0 reaches no step.
+struct ScanBackwardOutputs {
+  at::Tensor grad_lam, grad_x, grad_h0;
+  std::array<bool, 3> mask;
+  bool done;
+
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const {
+    return {grad_lam, mask[1] ? grad_x : at::Tensor(), grad_h0};
+  }
+};
+ScanBackwardOutputs make_scan_backward_outputs(const at::Tensor& lam, const at::Tensor& h,
+                                               const std::optional<at::Tensor>& h0, std::array<bool, 3> output_mask);
 
 // True when lam holds one value per step (B, L, N) rather than one per channel (N,).
 inline bool lam_is_per_step(const at::Tensor& lam) { return lam.dim() == 3; }

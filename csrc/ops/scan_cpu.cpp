@@ -61,18 +61,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tenso
                                                                  const std::optional<at::Tensor>& h0, bool reverse,
                                                                  std::array<bool, 3> mask) {
   check_scan_backward_inputs(grad_h, lam, h, h0);
+  auto out = make_scan_backward_outputs(lam, h, h0, mask);
+  if (out.done) return out.result();
   const bool has_h0 = h0.has_value() && h0->defined();
-  const auto contiguous = at::MemoryFormat::Contiguous;
-  auto gx = at::empty(h.sizes(), h.options().memory_format(contiguous));
-  auto glam = mask[0] ? at::empty(lam.sizes(), lam.options().memory_format(contiguous)) : at::Tensor();
-  auto gh0 = mask[2] && has_h0 ? at::empty(h0->sizes(), h0->options().memory_format(contiguous)) : at::Tensor();
   const int64_t B = h.size(0), L = h.size(1), N = h.size(2);
-  if (B * L * N == 0) {
-    // No steps: nothing flows to lam, and h0 passes through untouched by any step.
-    if (glam.defined()) glam.zero_();
-    if (gh0.defined()) gh0.zero_();
-    return {glam, mask[1] ? gx : at::Tensor(), gh0};
-  }
   const auto g_c = grad_h.contiguous();
   const auto lam_c = lam.contiguous();
   const auto h_c = h.contiguous();
@@ -80,11 +72,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tenso
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
     backward_kernel<scalar_t>(lam_is_per_step(lam))(
         g_c.const_data_ptr<scalar_t>(), lam_c.const_data_ptr<scalar_t>(), h_c.const_data_ptr<scalar_t>(),
-        has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, gx.mutable_data_ptr<scalar_t>(),
-        glam.defined() ? glam.mutable_data_ptr<scalar_t>() : nullptr,
-        gh0.defined() ? gh0.mutable_data_ptr<scalar_t>() : nullptr, B, L, N, reverse);
+        has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, out.grad_x.mutable_data_ptr<scalar_t>(),
+        out.grad_lam.defined() ? out.grad_lam.mutable_data_ptr<scalar_t>() : nullptr,
+        out.grad_h0.defined() ? out.grad_h0.mutable_data_ptr<scalar_t>() : nullptr, B, L, N, reverse);
   });
-  return {glam, mask[1] ? gx : at::Tensor(), gh0};
+  return out.result();
 }
 
 }  // namespace
