@@ -7,6 +7,12 @@ build=${1:-$repo/build-cpp}
 shift || true
 venv=$(TORCH_LRU_SKIP_BUILD=1 "$repo/scripts/setup_env.sh" | tail -n 1)
 prefix=$("$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+# CMake caches where torch was found: a build made against another environment starts afresh.
+if [[ -f $build/CMakeCache.txt && "$(cat "$build/.torch-prefix" 2>/dev/null)" != "$prefix" ]]; then
+  rm -rf "$build"
+fi
+mkdir -p "$build"
+echo "$prefix" >"$build/.torch-prefix"
 cuda=OFF
 command -v nvcc >/dev/null && cuda=ON
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
