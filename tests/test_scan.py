@@ -156,6 +156,10 @@ def test_out_variant(device, per_step):
         torch_lru.scan(lam, x, out=torch.empty(B, L + 1, N, dtype=x.dtype, device=device))
     with pytest.raises(RuntimeError, match="out and x must have the same dtype"):
         torch_lru.scan(lam, x, out=torch.empty(B, L, N, device=device))
+    with pytest.raises(RuntimeError, match="does not support automatic differentiation"):
+        torch_lru.scan(lam.clone().requires_grad_(), x, out=torch.empty_like(x))
+    with torch.no_grad():
+        torch_lru.scan(lam.clone().requires_grad_(), x, out=torch.empty_like(x))
     with pytest.raises(RuntimeError, match="out must be contiguous"):
         torch_lru.scan(lam, x, out=torch.empty(B, N, L, dtype=x.dtype, device=device).transpose(1, 2))
 

@@ -91,8 +91,23 @@ at::Tensor scan_autograd(const at::Tensor& lam, const at::Tensor& x, const std::
   return ScanFunction::apply(lam, x, h0, reverse);
 }
 
+// out= variants are not differentiable; say so rather than return a result cut off from the graph.
+at::Tensor& scan_out_autograd(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
+                              bool reverse, at::Tensor& out) {
+  const bool needs_grad =
+      lam.requires_grad() || x.requires_grad() || (h0.has_value() && h0->defined() && h0->requires_grad());
+  TORCH_CHECK(!(at::GradMode::is_enabled() && needs_grad),
+              "torch_lru::scan.out: out= does not support automatic differentiation, but an input requires grad "
+              "(call scan without out=, or under torch.no_grad())");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return scan_out(out, lam, x, h0, reverse);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(torch_lru, Autograd, m) { m.impl("scan", &scan_autograd); }
+TORCH_LIBRARY_IMPL(torch_lru, Autograd, m) {
+  m.impl("scan", &scan_autograd);
+  m.impl("scan.out", &scan_out_autograd);
+}
 
 }  // namespace torch_lru
