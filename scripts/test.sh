@@ -6,6 +6,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+# No GPU to query when configuring torch's CMake: name the CUDA architectures.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
 # Runs a build step, showing its output only if it fails.
 quiet() {
@@ -39,6 +41,14 @@ scripts/python -m pytest tests -q -p no:cacheprovider
 echo "== LibTorch build and C++ tests"
 quiet scripts/build_cpp.sh build-cpp
 (cd build-cpp && ctest --output-on-failure)
+
+echo "== installed library used from a separate CMake project"
+torch_prefix=$("$venv/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+quiet cmake --install build-cpp --prefix build-cpp/install
+quiet cmake -S tests/cpp_install -B build-cpp/install-check -G Ninja -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" \
+  -DCMAKE_PREFIX_PATH="$repo/build-cpp/install;$torch_prefix"
+quiet cmake --build build-cpp/install-check
+build-cpp/install-check/install_check
 
 echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # The sanitizer build checks host code; the CUDA kernels are compiled by the builds above.
