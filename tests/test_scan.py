@@ -346,6 +346,9 @@ def bad_inputs(device):
     yield "h0 and x must have the same dtype", (lam, x, torch.randn(2, 3, device=device))
     yield "unsupported dtype", (lam.real.half(), x.real.half(), None)
     yield "unsupported dtype", (lam.real.long(), x.real.long(), None)
+    # Mixed devices: with no second real device, a meta tensor stands in for one.
+    yield "lam and x must be on the same device", (lam.to("meta"), x, None)
+    yield "h0 and x must be on the same device", (lam, x, torch.zeros(2, 3, dtype=torch.complex64, device="meta"))
     if device != "cpu":
         yield "lam and x must be on the same device", (lam.cpu(), x, None)
         yield "h0 and x must be on the same device", (lam, x, torch.zeros(2, 3, dtype=torch.complex64))
@@ -355,6 +358,8 @@ def test_bad_inputs_raise_clear_errors(device):
     for message, (lam, x, h0) in bad_inputs(device):
         with pytest.raises(RuntimeError, match=message):
             torch_lru.scan(lam, x, h0)
+        if "device" in message:
+            continue  # all on meta, the devices agree
         with pytest.raises(RuntimeError, match=message):  # the same check guards shape inference
             torch.ops.torch_lru.scan(lam.to("meta"), x.to("meta"), None if h0 is None else h0.to("meta"))
 
