@@ -138,6 +138,11 @@ struct Row {
     for (int64_t j = 0; j < nb; ++j) v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j];
     if (out != nullptr) std::copy_n(v, nb, out);
   }
+  // v = a * v + x with a constant coefficient held in a Row, and out = v.
+  void step_with(const Row& a, const T* x, T* out, int64_t nb) {
+    for (int64_t j = 0; j < nb; ++j) v[j] = a.v[j] * v[j] + x[j];
+    std::copy_n(v, nb, out);
+  }
   template <bool kConj>
   void scale(const T* a, int64_t nb) {
     for (int64_t j = 0; j < nb; ++j) v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j];
@@ -190,6 +195,16 @@ struct Row<c10::complex<R>> {
     } else {
       R* out = flat(out_);
       for (int64_t j = 0; j < nb; ++j) body(j), out[2 * j] = re[j], out[2 * j + 1] = im[j];
+    }
+  }
+  void step_with(const Row& a, const T* x_, T* out_, int64_t nb) {
+    const R* x = flat(x_);
+    R* out = flat(out_);
+    for (int64_t j = 0; j < nb; ++j) {
+      const R r = a.re[j] * re[j] - a.im[j] * im[j] + x[2 * j];
+      const R i = a.re[j] * im[j] + a.im[j] * re[j] + x[2 * j + 1];
+      re[j] = r, im[j] = i;
+      out[2 * j] = r, out[2 * j + 1] = i;
     }
   }
   template <bool kConj>
@@ -254,8 +269,12 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
     T* hs = h + lay.offset(u, s0);
-    for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += kPerStep ? step : 0) {
-      carry.template step<false>(as, xs, hs, nb);
+    if (kPerStep) {
+      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += step) carry.template step<false>(as, xs, hs, nb);
+    } else {
+      Row<T> a;  // the constant coefficient, laid out like the state (no per-step de-interleaving)
+      a.load(as, nb);
+      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step) carry.step_with(a, xs, hs, nb);
     }
     carry.store(state, nb);
   };
