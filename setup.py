@@ -41,11 +41,9 @@ def extension():
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         # Without a GPU to query, torch cannot pick architectures itself.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-    nvcc_flags = (
-        ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xptxas=-v"]
-        if os.environ.get("TORCH_LRU_PTXAS_VERBOSE")
-        else ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-    )
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    if os.environ.get("TORCH_LRU_PTXAS_VERBOSE"):  # register and spill report of every kernel
+        nvcc_flags.append("-Xptxas=-v")
     return CUDAExtension(
         sources=sources("csrc/ops/*.cpp") + sources("cuda/*.cu"),
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: sets up the environment and builds the extension (reusing both when present),
-# then the Python suite, the LibTorch build with its GoogleTest suite and example under ctest, and
-# the same C++ suite built with AddressSanitizer + UndefinedBehaviorSanitizer.
+# then the style checks, the Python suite, the LibTorch build with its GoogleTest suite and example
+# under ctest, the installed library used from a separate CMake project, and the C++ suite built
+# with AddressSanitizer + UndefinedBehaviorSanitizer.
 # CUDA sources are compiled in every build; CUDA tests run only where a GPU is present.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

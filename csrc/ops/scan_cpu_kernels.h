@@ -249,8 +249,8 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
 
   auto aggregate = [&](int64_t u, int64_t s0, int64_t s1, Affine<T>* maps) {
     const int64_t nb = lay.width(u);
-    Row<T> A, Bv;
-    A.fill(T(1), nb);
+    Row<T> A, Bv;  // A, the product of the coefficients, is tracked only when they vary per step
+    if (kPerStep) A.fill(T(1), nb);
     Bv.fill(T(0), nb);
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
@@ -318,7 +318,7 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
       Bv.load(gs, nb);
       ++s, gs += step;
     } else {
-      A.fill(T(1), nb);
+      if (kPerStep) A.fill(T(1), nb);
       Bv.fill(T(0), nb);
     }
     const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
