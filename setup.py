@@ -1,8 +1,9 @@
-"""Builds the torch_lru extension: the scan ops (CPU kernels, and CUDA kernels whenever nvcc and a
-CUDA build of torch are present, GPU or not) into python/torch_lru/_C.*.so.
+"""Builds the torch_lru extension: the ops (the scan's CPU kernels, and CUDA kernels whenever nvcc
+and a CUDA build of torch are present, GPU or not) into python/torch_lru/_C.*.so.
 
 The sources are found by the same globs as CMakeLists.txt (csrc/ops/*.cpp, cuda/*.cu), so the two
-builds cannot drift apart. Build with the project's environment: scripts/setup_env.sh.
+builds cannot drift apart; CMake adds csrc/modules, the torch::nn modules for C++ programs. Build
+with the project's environment: scripts/setup_env.sh.
 """
 
 import glob

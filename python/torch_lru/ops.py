@@ -1,5 +1,7 @@
 """Python entry points of the torch_lru ops (the kernels and autograd live in C++)."""
 
+import math
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -33,3 +35,54 @@ def scan(
     if out is not None:
         return torch.ops.torch_lru.scan.out(lam, x, h0, reverse, out=out)
     return torch.ops.torch_lru.scan(lam, x, h0, reverse)
+
+
+def lru_init(
+    d_model: int,
+    d_state: int,
+    r_min: float = 0.0,
+    r_max: float = 1.0,
+    max_phase: float = 2 * math.pi,
+    *,
+    dtype: Optional[torch.dtype] = None,
+    device: Optional[torch.device] = None,
+    generator: Optional[torch.Generator] = None,
+) -> list[torch.Tensor]:
+    """Fresh LRU parameters ``[nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D]``.
+
+    The paper's initialisation: lambda uniform on the ring ``r_min <= |lambda| <= r_max`` with phase
+    in ``[0, max_phase)``, ``gamma_log = log sqrt(1 - |lambda|^2)``, ``B ~ N(0, 1)/sqrt(2 d_model)``,
+    ``C ~ N(0, 1)/sqrt(d_state)``, ``D ~ N(0, 1)``. One implementation (C++) serves the Python and
+    the C++ modules: with the same seed both draw the same parameters.
+    """
+    return torch.ops.torch_lru.lru_init(
+        d_model, d_state, r_min, r_max, max_phase, dtype=dtype, device=device, generator=generator
+    )
+
+
+def lru(
+    u: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    D: Optional[torch.Tensor],
+    state: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
+    reverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LRU layer over ``u`` (B, L, H): returns ``(y, final_state)``.
+
+    ``params`` are ``(nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im)``; ``D`` (H) or None;
+    ``state`` the complex (B, N) state before the first step; ``mask`` (B, L) bool, true at valid
+    positions (padding then never changes a valid output); ``reverse`` runs from the last step.
+    ``final_state`` is the state after the last valid step taken. See ``csrc/include/torch_lru/lru.h``.
+    """
+    return torch.ops.torch_lru.lru(u, *params, D, state, mask, reverse)
+
+
+def lru_step(
+    u_t: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    D: Optional[torch.Tensor],
+    state: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the LRU for ``u_t`` (B, H): returns ``(y_t, new_state)``."""
+    return torch.ops.torch_lru.lru_step(u_t, *params, D, state)

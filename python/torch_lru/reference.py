@@ -22,3 +22,30 @@ def scan_loop(lam: torch.Tensor, x: torch.Tensor, h0: Optional[torch.Tensor] = N
     if reverse:
         out.reverse()
     return torch.stack(out, dim=1) if out else torch.empty_like(x)
+
+
+def lru_loop(
+    u: torch.Tensor,
+    nu_log: torch.Tensor,
+    theta_log: torch.Tensor,
+    gamma_log: torch.Tensor,
+    B_re: torch.Tensor,
+    B_im: torch.Tensor,
+    C_re: torch.Tensor,
+    C_im: torch.Tensor,
+    D: Optional[torch.Tensor],
+    state: Optional[torch.Tensor] = None,
+    reverse: bool = False,
+    scan=scan_loop,
+):
+    """The LRU's equations as the paper writes them, with complex matrices and (by default) a
+    Python loop over time: ``x_k = lambda x_{k-1} + gamma (B u_k)``, ``y_k = Re(C x_k) + D u_k``.
+
+    This is how plain PyTorch ports of the LRU compute it; returns ``(y, x)`` with all states x.
+    """
+    lam = torch.exp(-torch.exp(nu_log) + 1j * torch.exp(theta_log))
+    B = torch.complex(B_re, B_im) * torch.exp(gamma_log).unsqueeze(-1)
+    C = torch.complex(C_re, C_im)
+    x = scan(lam, u.to(lam.dtype) @ B.transpose(0, 1), state, reverse)
+    y = (x @ C.transpose(0, 1)).real
+    return (y + D * u if D is not None else y), x

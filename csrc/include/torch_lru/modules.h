@@ -1,0 +1,186 @@
+// The LRU layer, its residual block and the deep model as torch::nn modules, for LibTorch programs.
+// They mirror python/torch_lru/modules.py: the same parameter and buffer names, the same
+// initialisation (with one seed, the same values), the same outputs; the layer's math is the
+// torch_lru::lru op (torch_lru/lru.h) in both. Checkpoints are PyTorch state dicts (torch.save
+// files): see save_state_dict / load_state_dict below.
+#pragma once
+
+#include <string>
+#include <tuple>
+
+#include <torch/torch.h>
+
+#include "torch_lru/lru.h"
+
+namespace torch_lru {
+
+struct LRUOptions {
+  LRUOptions(int64_t d_model, int64_t d_state) : d_model_(d_model), d_state_(d_state) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_state);
+  TORCH_ARG(double, r_min) = 0.0;
+  TORCH_ARG(double, r_max) = 1.0;
+  TORCH_ARG(double, max_phase) = kTwoPi;
+  // A second direction, run from the last step to the first, with its own *_rev parameters (all
+  // but D); the two directions' outputs are summed.
+  TORCH_ARG(bool, bidirectional) = false;
+};
+
+// Linear Recurrent Unit over real sequences u (B, L, H). Parameters: nu_log, theta_log, gamma_log
+// (N); B_re, B_im (N, H); C_re, C_im (H, N); D (H); and *_rev copies when bidirectional.
+class LRUImpl : public torch::nn::Cloneable<LRUImpl> {
+ public:
+  explicit LRUImpl(LRUOptions options);
+  LRUImpl(int64_t d_model, int64_t d_state) : LRUImpl(LRUOptions(d_model, d_state)) {}
+
+  // Draws every parameter (the forward direction first).
+  void reset() override;
+
+  // y (B, L, H). mask (B, L) bool, true at valid positions (undefined: all valid).
+  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+  // (y, final state): state is the complex (B, N) state before the first step (undefined: zero).
+  // Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> forward_with_state(const torch::Tensor& u, const torch::Tensor& state = {},
+                                                              const torch::Tensor& mask = {});
+  // One token u_t (B, H) -> (y_t, new state). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  // lambda (N,), complex.
+  torch::Tensor eigenvalues(bool reverse = false) const;
+
+  void pretty_print(std::ostream& stream) const override;
+
+  LRUOptions options;
+
+ private:
+  struct Direction {
+    torch::Tensor nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im;
+  };
+  std::tuple<torch::Tensor, torch::Tensor> run(const torch::Tensor& u, const torch::Tensor& state,
+                                               const torch::Tensor& mask);
+  Direction forward_, reverse_;
+  torch::Tensor D_;
+};
+TORCH_MODULE(LRU);
+
+struct SequenceNormOptions {
+  explicit SequenceNormOptions(int64_t d_model) : d_model_(d_model) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(std::string, kind) = "batch";  // "batch" or "layer"
+  TORCH_ARG(double, eps) = 1e-5;
+  TORCH_ARG(double, momentum) = 0.1;
+};
+
+// BatchNorm (statistics over the valid positions only) or LayerNorm over the features of
+// (B, L, H) sequences. Buffers as torch::nn::BatchNorm1d's.
+class SequenceNormImpl : public torch::nn::Cloneable<SequenceNormImpl> {
+ public:
+  explicit SequenceNormImpl(SequenceNormOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+  SequenceNormOptions options;
+  torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+};
+TORCH_MODULE(SequenceNorm);
+
+struct LRUBlockOptions {
+  LRUBlockOptions(int64_t d_model, int64_t d_state) : d_model_(d_model), d_state_(d_state) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_state);
+  TORCH_ARG(double, r_min) = 0.0;
+  TORCH_ARG(double, r_max) = 1.0;
+  TORCH_ARG(double, max_phase) = kTwoPi;
+  TORCH_ARG(bool, bidirectional) = false;
+  TORCH_ARG(std::string, norm) = "batch";
+  TORCH_ARG(bool, prenorm) = true;
+  TORCH_ARG(double, dropout) = 0.0;
+};
+
+// [pre-norm] -> LRU -> GELU -> dropout -> GLU -> dropout -> residual add -> [post-norm].
+class LRUBlockImpl : public torch::nn::Cloneable<LRUBlockImpl> {
+ public:
+  explicit LRUBlockImpl(LRUBlockOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // One token x_t (B, H) -> (y_t, new state); norms use their running statistics (eval mode).
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& x_t, const torch::Tensor& state = {});
+
+  LRUBlockOptions options;
+  SequenceNorm norm{nullptr};
+  LRU lru{nullptr};
+  torch::nn::Linear glu{nullptr};  // H -> 2H: value, then gate
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  torch::Tensor mix(const torch::Tensor& z);
+};
+TORCH_MODULE(LRUBlock);
+
+// Two pooled encodings a, b -> [a, b, a * b, a - b] -> Linear -> GELU -> Linear.
+class RetrievalHeadImpl : public torch::nn::Cloneable<RetrievalHeadImpl> {
+ public:
+  RetrievalHeadImpl(int64_t d_model, int64_t d_output);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& a, const torch::Tensor& b);
+
+  int64_t d_model, d_output;
+  torch::nn::Linear hidden{nullptr}, out{nullptr};
+};
+TORCH_MODULE(RetrievalHead);
+
+struct LRUModelOptions {
+  LRUModelOptions(int64_t d_output, int64_t d_model = 128, int64_t d_state = 256)
+      : d_output_(d_output), d_model_(d_model), d_state_(d_state) {}
+  TORCH_ARG(int64_t, d_output);
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_state);
+  TORCH_ARG(int64_t, n_layers) = 6;
+  TORCH_ARG(int64_t, vocab_size) = 0;        // > 0: token inputs through an embedding
+  TORCH_ARG(int64_t, d_input) = 1;           // features per step otherwise
+  TORCH_ARG(std::string, pooling) = "mean";  // "mean" or "last"
+  TORCH_ARG(bool, dual) = false;             // two sequences, RetrievalHead
+  TORCH_ARG(double, r_min) = 0.0;
+  TORCH_ARG(double, r_max) = 1.0;
+  TORCH_ARG(double, max_phase) = kTwoPi;
+  TORCH_ARG(bool, bidirectional) = false;
+  TORCH_ARG(std::string, norm) = "batch";
+  TORCH_ARG(bool, prenorm) = true;
+  TORCH_ARG(double, dropout) = 0.0;
+};
+
+// Encoder (embedding or linear) -> n_layers LRUBlocks -> pooling -> decoder (Linear, or
+// RetrievalHead when dual).
+class LRUModelImpl : public torch::nn::Cloneable<LRUModelImpl> {
+ public:
+  explicit LRUModelImpl(LRUModelOptions options);
+  void reset() override;
+  // Logits (B, d_output). x: token ids (B, L) or features (B, L, d_input); mask (B, L) bool or
+  // undefined; x2, mask2: the second sequence of a dual model, of x's shape.
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {}, const torch::Tensor& x2 = {},
+                        const torch::Tensor& mask2 = {});
+  // Inputs -> pooled features (B, d_model).
+  torch::Tensor encode(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+  LRUModelOptions options;
+  torch::nn::Embedding embedding{nullptr};  // registered as "encoder" when vocab_size > 0
+  torch::nn::Linear input_linear{nullptr};  // registered as "encoder" otherwise
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::Linear decoder{nullptr};     // registered as "decoder" unless dual
+  RetrievalHead retrieval_head{nullptr};  // registered as "decoder" when dual
+};
+TORCH_MODULE(LRUModel);
+
+// (B, L, H) -> (B, H): the mean over valid positions ("mean") or the last valid position ("last").
+torch::Tensor pool(const torch::Tensor& x, const torch::Tensor& mask, const std::string& how);
+
+// Checkpoints: a PyTorch state dict (str -> tensor) in torch.save's format, so Python reads it
+// with torch.load(path, weights_only=True) and writes one with torch.save(model.state_dict(), path).
+// Tensors are saved on the CPU. Loading is strict: a missing or unexpected key, or a shape
+// mismatch, raises an error naming it; values are copied into the module's tensors (keeping
+// their device and dtype).
+void save_state_dict(const torch::nn::Module& module, const std::string& path);
+// The bytes of such a file holding `tensors` (for writing other tensor dicts Python can read).
+std::vector<char> pickle_tensors(const c10::Dict<std::string, at::Tensor>& tensors);
+void load_state_dict(torch::nn::Module& module, const std::string& path);
+
+}  // namespace torch_lru

@@ -1,0 +1,250 @@
+// The C++ modules (torch_lru/modules.h). Each mirrors its Python twin in python/torch_lru/modules.py
+// line for line: construction order (so one seed draws the same values), names, and forward.
+#include "torch_lru/modules.h"
+
+namespace torch_lru {
+
+namespace {
+
+const char* const kDirectionNames[] = {"nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im"};
+
+void check_choice(const char* what, const std::string& value, std::initializer_list<const char*> choices) {
+  std::string listed;
+  for (const char* c : choices) {
+    if (value == c) return;
+    listed += listed.empty() ? c : std::string(", ") + c;
+  }
+  TORCH_CHECK(false, what, " must be one of {", listed, "}, got \"", value, "\"");
+}
+
+}  // namespace
+
+// ---- LRU ----
+
+LRUImpl::LRUImpl(LRUOptions options_) : options(std::move(options_)) { reset(); }
+
+void LRUImpl::reset() {
+  for (bool reverse : {false, true}) {
+    if (reverse && !options.bidirectional()) break;
+    auto drawn = lru_init(options.d_model(), options.d_state(), options.r_min(), options.r_max(), options.max_phase());
+    Direction& d = reverse ? reverse_ : forward_;
+    torch::Tensor* slots[] = {&d.nu_log, &d.theta_log, &d.gamma_log, &d.B_re, &d.B_im, &d.C_re, &d.C_im};
+    const std::string suffix = reverse ? "_rev" : "";
+    for (size_t i = 0; i < 7; ++i) *slots[i] = register_parameter(kDirectionNames[i] + suffix, drawn[i]);
+    if (!reverse) D_ = register_parameter("D", drawn[7]);
+  }
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUImpl::run(const torch::Tensor& u, const torch::Tensor& state,
+                                                      const torch::Tensor& mask) {
+  auto opt = [](const torch::Tensor& t) { return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt; };
+  const Direction& f = forward_;
+  auto [y, final_state] =
+      lru_forward(u, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_, opt(state), opt(mask));
+  if (options.bidirectional()) {
+    const Direction& r = reverse_;
+    y = y + std::get<0>(lru_forward(u, r.nu_log, r.theta_log, r.gamma_log, r.B_re, r.B_im, r.C_re, r.C_im, std::nullopt,
+                                    std::nullopt, opt(mask), /*reverse=*/true));
+  }
+  return {y, final_state};
+}
+
+torch::Tensor LRUImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
+  return std::get<0>(run(u, {}, mask));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUImpl::forward_with_state(const torch::Tensor& u, const torch::Tensor& state,
+                                                                     const torch::Tensor& mask) {
+  TORCH_CHECK(!options.bidirectional(),
+              "LRU: a bidirectional layer sees the whole sequence; it takes and returns no state");
+  return run(u, state, mask);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
+  TORCH_CHECK(!options.bidirectional(),
+              "LRU: a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  const Direction& f = forward_;
+  return lru_step(u_t, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_,
+                  state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor LRUImpl::eigenvalues(bool reverse) const {
+  const Direction& d = reverse ? reverse_ : forward_;
+  TORCH_CHECK(d.nu_log.defined(), "LRU: this layer has no reverse direction");
+  return torch::polar(torch::exp(-torch::exp(d.nu_log)), torch::exp(d.theta_log));
+}
+
+void LRUImpl::pretty_print(std::ostream& stream) const {
+  stream << "torch_lru::LRU(d_model=" << options.d_model() << ", d_state=" << options.d_state()
+         << ", r_min=" << options.r_min() << ", r_max=" << options.r_max() << ", max_phase=" << options.max_phase()
+         << ", bidirectional=" << (options.bidirectional() ? "true" : "false") << ")";
+}
+
+// ---- SequenceNorm ----
+
+SequenceNormImpl::SequenceNormImpl(SequenceNormOptions options_) : options(std::move(options_)) { reset(); }
+
+void SequenceNormImpl::reset() {
+  check_choice("SequenceNorm: kind", options.kind(), {"batch", "layer"});
+  const int64_t H = options.d_model();
+  weight = register_parameter("weight", torch::ones({H}));
+  bias = register_parameter("bias", torch::zeros({H}));
+  if (options.kind() == "batch") {
+    running_mean = register_buffer("running_mean", torch::zeros({H}));
+    running_var = register_buffer("running_var", torch::ones({H}));
+    num_batches_tracked = register_buffer("num_batches_tracked", torch::zeros({}, torch::kLong));
+  }
+}
+
+torch::Tensor SequenceNormImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  const int64_t H = options.d_model();
+  TORCH_CHECK(x.dim() == 3 && x.size(-1) == H, "SequenceNorm: expected (B, L, ", H, "), got ", x.sizes());
+  if (options.kind() == "layer") return torch::layer_norm(x, {H}, weight, bias, options.eps());
+  if (is_training()) num_batches_tracked.add_(1);
+  if (!mask.defined() || !is_training()) {
+    auto y = torch::batch_norm(x.reshape({-1, H}), weight, bias, running_mean, running_var, is_training(),
+                               options.momentum(), options.eps(), /*cudnn_enabled=*/true);
+    return y.view(x.sizes());
+  }
+  auto valid = mask.unsqueeze(-1).to(x.scalar_type());
+  auto count = valid.sum().clamp_min(1);
+  auto mean = (x * valid).sum(at::IntArrayRef{0, 1}) / count;
+  auto var = ((x - mean) * valid).square().sum(at::IntArrayRef{0, 1}) / count;
+  {
+    torch::NoGradGuard no_grad;
+    running_mean.lerp_(mean, options.momentum());
+    running_var.lerp_(var * count / (count - 1).clamp_min(1), options.momentum());
+  }
+  return (x - mean) * torch::rsqrt(var + options.eps()) * weight + bias;
+}
+
+// ---- LRUBlock ----
+
+LRUBlockImpl::LRUBlockImpl(LRUBlockOptions options_) : options(std::move(options_)) { reset(); }
+
+void LRUBlockImpl::reset() {
+  const auto& o = options;
+  norm = register_module("norm", SequenceNorm(SequenceNormOptions(o.d_model()).kind(o.norm())));
+  lru = register_module("lru", LRU(LRUOptions(o.d_model(), o.d_state())
+                                       .r_min(o.r_min())
+                                       .r_max(o.r_max())
+                                       .max_phase(o.max_phase())
+                                       .bidirectional(o.bidirectional())));
+  glu = register_module("glu", torch::nn::Linear(o.d_model(), 2 * o.d_model()));
+  dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
+}
+
+torch::Tensor LRUBlockImpl::mix(const torch::Tensor& z) {
+  auto a = dropout(torch::gelu(z));
+  return dropout(torch::glu(glu(a), -1));
+}
+
+torch::Tensor LRUBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
+  auto z = options.prenorm() ? norm(x, mask) : x;
+  auto y = x + mix(lru(z, mask));
+  return options.prenorm() ? y : norm(y, mask);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUBlockImpl::step(const torch::Tensor& x_t, const torch::Tensor& state) {
+  TORCH_CHECK(!(is_training() && options.norm() == "batch"),
+              "LRUBlock::step: BatchNorm needs running statistics; call eval() first");
+  auto normed = [&](const torch::Tensor& t) { return norm(t.unsqueeze(1)).squeeze(1); };
+  auto z = options.prenorm() ? normed(x_t) : x_t;
+  auto [y, new_state] = lru->step(z, state);
+  auto out = x_t + mix(y);
+  return {options.prenorm() ? out : normed(out), new_state};
+}
+
+// ---- RetrievalHead ----
+
+RetrievalHeadImpl::RetrievalHeadImpl(int64_t d_model_, int64_t d_output_) : d_model(d_model_), d_output(d_output_) {
+  reset();
+}
+
+void RetrievalHeadImpl::reset() {
+  hidden = register_module("hidden", torch::nn::Linear(4 * d_model, d_model));
+  out = register_module("out", torch::nn::Linear(d_model, d_output));
+}
+
+torch::Tensor RetrievalHeadImpl::forward(const torch::Tensor& a, const torch::Tensor& b) {
+  return out(torch::gelu(hidden(torch::cat({a, b, a * b, a - b}, -1))));
+}
+
+// ---- LRUModel ----
+
+torch::Tensor pool(const torch::Tensor& x, const torch::Tensor& mask, const std::string& how) {
+  if (how == "mean") {
+    if (!mask.defined()) return x.mean(1);
+    auto valid = mask.unsqueeze(-1).to(x.scalar_type());
+    return (x * valid).sum(1) / valid.sum(1).clamp_min(1);
+  }
+  check_choice("pool: how", how, {"mean", "last"});
+  if (!mask.defined()) return x.select(1, -1);
+  auto last = torch::where(mask, mask.to(torch::kLong).cumsum(1) - 1, -1).amax(1).clamp_min(0);
+  return x.gather(1, last.view({-1, 1, 1}).expand({-1, 1, x.size(-1)})).squeeze(1);
+}
+
+LRUModelImpl::LRUModelImpl(LRUModelOptions options_) : options(std::move(options_)) { reset(); }
+
+void LRUModelImpl::reset() {
+  const auto& o = options;
+  check_choice("LRUModel: pooling", o.pooling(), {"mean", "last"});
+  TORCH_CHECK(o.n_layers() >= 1 && o.d_output() >= 1, "LRUModel: n_layers and d_output must be positive, got ",
+              o.n_layers(), " and ", o.d_output());
+  if (o.vocab_size() > 0) {
+    embedding = register_module("encoder", torch::nn::Embedding(o.vocab_size(), o.d_model()));
+  } else {
+    input_linear = register_module("encoder", torch::nn::Linear(o.d_input(), o.d_model()));
+  }
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < o.n_layers(); ++i) {
+    blocks->push_back(LRUBlock(LRUBlockOptions(o.d_model(), o.d_state())
+                                   .r_min(o.r_min())
+                                   .r_max(o.r_max())
+                                   .max_phase(o.max_phase())
+                                   .bidirectional(o.bidirectional())
+                                   .norm(o.norm())
+                                   .prenorm(o.prenorm())
+                                   .dropout(o.dropout())));
+  }
+  if (o.dual()) {
+    retrieval_head = register_module("decoder", RetrievalHead(o.d_model(), o.d_output()));
+  } else {
+    decoder = register_module("decoder", torch::nn::Linear(o.d_model(), o.d_output()));
+  }
+}
+
+torch::Tensor LRUModelImpl::encode(const torch::Tensor& x, const torch::Tensor& mask) {
+  const auto& o = options;
+  if (o.vocab_size() > 0) {
+    TORCH_CHECK(x.dim() == 2 && !x.is_floating_point(), "LRUModel: x must be token ids (B, L), got ", x.sizes(), " ",
+                x.scalar_type());
+  } else {
+    TORCH_CHECK(x.dim() == 3 && x.size(-1) == o.d_input(), "LRUModel: x must be features (B, L, ", o.d_input(),
+                "), got ", x.sizes(), " ", x.scalar_type());
+  }
+  if (mask.defined()) {
+    TORCH_CHECK(mask.scalar_type() == torch::kBool && mask.sizes() == x.sizes().slice(0, 2),
+                "LRUModel: the mask must be bool ", x.sizes().slice(0, 2), ", got ", mask.scalar_type(), " ",
+                mask.sizes());
+  }
+  auto z = o.vocab_size() > 0 ? embedding(x) : input_linear(x);
+  for (const auto& block : *blocks) z = block->as<LRUBlock>()->forward(z, mask);
+  return pool(z, mask, o.pooling());
+}
+
+torch::Tensor LRUModelImpl::forward(const torch::Tensor& x, const torch::Tensor& mask, const torch::Tensor& x2,
+                                    const torch::Tensor& mask2) {
+  if (!options.dual()) {
+    TORCH_CHECK(!x2.defined(), "LRUModel: x2 given to a model built with dual = false");
+    return decoder(encode(x, mask));
+  }
+  TORCH_CHECK(x2.defined(), "LRUModel: a dual model takes two sequences (x2 is missing)");
+  TORCH_CHECK(x2.sizes() == x.sizes() && mask.defined() == mask2.defined(),
+              "LRUModel: the two sequences must have one shape, got ", x.sizes(), " and ", x2.sizes());
+  auto both = encode(torch::cat({x, x2}), mask.defined() ? torch::cat({mask, mask2}) : torch::Tensor());
+  auto halves = both.chunk(2);
+  return retrieval_head(halves[0], halves[1]);
+}
+
+}  // namespace torch_lru
