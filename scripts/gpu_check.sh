@@ -2,11 +2,13 @@
 # The GPU check, for a machine with a CUDA GPU and no network, whose python3 already holds torch
 # (2.11, CUDA 13), pytest and ninja. In under 8 minutes it:
 #   1. builds the extension against that torch (pip install --no-build-isolation --no-deps -e .),
-#   2. runs the whole pytest suite (every CUDA test runs the CPU tests' assertions on the GPU),
-#   3. builds the LibTorch targets and runs ctest (GoogleTest from an installed package, or from a
-#      source tree in $GTEST_SRC, default .carry/googletest; skipped with a note if neither),
-#   4. runs compute-sanitizer memcheck and racecheck on small cases (caching allocator off),
-#   5. runs the GPU benchmark.
+#   2. builds the LibTorch targets (GoogleTest from an installed package, or from a source tree in
+#      $GTEST_SRC, default .carry/googletest; without either, the C++ build and ctest are skipped
+#      with a note and the Python/C++ parity tests skip),
+#   3. runs the whole pytest suite (every CUDA test runs the CPU tests' assertions on the GPU),
+#   4. runs ctest (GoogleTest suite and examples),
+#   5. runs compute-sanitizer memcheck and racecheck on small cases (caching allocator off),
+#   6. runs the GPU benchmarks (the scan, then the LRU layer and model).
 # Logs and a summary go to $OUT (default runs/gpu_check). Exit status: non-zero if any step failed.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,16 +40,18 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs COMMAND, logs to $out/NAME.log,
 cat "$out/machine.txt"
 
 step build 300 "$py" -m pip install --no-build-isolation --no-deps -e . || { cat "$summary"; exit 1; }
-step pytest 240 "$py" -m pytest tests -q -p no:cacheprovider -x
-
 gtest_src=${GTEST_SRC:-$repo/.carry/googletest}
 prefix=$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')
+have_cpp=0
 if [[ -d $gtest_src || -f /usr/include/gtest/gtest.h ]]; then
-  step cmake 240 bash -c "cmake -S . -B build-gpu -G Ninja -DCMAKE_PREFIX_PATH='$prefix' -DTORCH_LRU_GTEST_SOURCE='$gtest_src' \
-    && cmake --build build-gpu -j $MAX_JOBS && cd build-gpu && ctest --output-on-failure"
+  step cmake-build 240 bash -c "cmake -S . -B build-gpu -G Ninja -DCMAKE_PREFIX_PATH='$prefix' \
+    -DTORCH_LRU_GTEST_SOURCE='$gtest_src' && cmake --build build-gpu -j $MAX_JOBS" && have_cpp=1
 else
-  echo "cmake            not run: no GoogleTest (install libgtest-dev or set GTEST_SRC)" | tee -a "$summary"
+  echo "cmake-build      not run: no GoogleTest (install libgtest-dev or set GTEST_SRC)" | tee -a "$summary"
 fi
+TORCH_LRU_CPP_BUILD="$repo/build-gpu" TORCH_LRU_REQUIRE_CPP=$have_cpp \
+  step pytest 240 "$py" -m pytest tests -q -p no:cacheprovider -x
+((have_cpp)) && step ctest 120 bash -c "cd build-gpu && ctest --output-on-failure"
 
 san_case='import torch, torch_lru
 for per_step in (False, True):
@@ -59,6 +63,10 @@ for per_step in (False, True):
             h0 = torch.randn(B, N, device="cuda", dtype=dtype, requires_grad=True)
             h = torch_lru.scan(lam, x, h0, reverse)
             torch.autograd.grad(h.abs().sum(), (lam, x, h0))
+model = torch_lru.LRUModel(3, d_model=32, d_state=16, n_layers=2, vocab_size=10, bidirectional=True).cuda()
+tokens = torch.randint(0, 10, (4, 300), device="cuda")
+mask = torch.arange(300, device="cuda") < torch.tensor([300, 100, 7, 1], device="cuda")[:, None]
+model(tokens, mask).sum().backward()
 torch.cuda.synchronize()
 print("sanitizer case done")'
 for tool in memcheck racecheck; do
@@ -68,6 +76,7 @@ done
 
 step bench 180 "$py" scripts/bench_scan.py --device cuda --json "$out/bench_scan_cuda.json"
 cp "$out/bench.log" "$out/bench_scan_cuda.txt" 2>/dev/null
+step bench-lru 150 "$py" scripts/bench_lru.py --device cuda --json "$out/bench_lru_cuda.json"
 
 echo "== summary"
 cat "$summary"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: sets up the environment and builds the extension (reusing both when present),
-# then the style checks, the Python suite, the LibTorch build with its GoogleTest suite and example
-# under ctest, the installed library used from a separate CMake project, and the C++ suite built
-# with AddressSanitizer + UndefinedBehaviorSanitizer.
+# then the style checks, the LibTorch build, the Python suite (with the Python/C++ parity tests),
+# the GoogleTest suite and the examples under ctest, the installed library used from a separate
+# CMake project, and the C++ suite built with AddressSanitizer + UndefinedBehaviorSanitizer.
 # CUDA sources are compiled in every build; CUDA tests run only where a GPU is present.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,11 +36,13 @@ else
   echo "clang-format not installed: C++ formatting not checked (apt-get install clang-format)"
 fi
 
-echo "== Python tests"
-scripts/python -m pytest tests -q -p no:cacheprovider
-
-echo "== LibTorch build and C++ tests"
+echo "== LibTorch build"
 quiet scripts/build_cpp.sh build-cpp
+
+echo "== Python tests (the Python/C++ parity tests use the LibTorch build)"
+TORCH_LRU_CPP_BUILD="$repo/build-cpp" TORCH_LRU_REQUIRE_CPP=1 scripts/python -m pytest tests -q -p no:cacheprovider
+
+echo "== C++ tests and examples"
 (cd build-cpp && ctest --output-on-failure)
 
 echo "== installed library used from a separate CMake project"

@@ -71,8 +71,12 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
   c10::IValue loaded;
   try {
     loaded = torch::pickle_load(bytes);
-  } catch (const std::exception& e) {
-    TORCH_CHECK(false, "load_state_dict: ", path, " is not a torch.save file: ", e.what());
+  } catch (const c10::Error& e) {
+    // LibTorch's unpickler cannot rebuild an OrderedDict, which is what state_dict() returns.
+    TORCH_CHECK(false, "load_state_dict: cannot read ", path,
+                " (a torch.save file of a plain dict of tensors is expected; from Python write it with "
+                "torch_lru.save_state_dict(model, path) or torch.save(dict(model.state_dict()), path)): ",
+                e.what_without_backtrace());
   }
   TORCH_CHECK(loaded.isGenericDict(), "load_state_dict: ", path, " holds a ", loaded.tagKind(),
               ", expected a state dict (str -> Tensor)");

@@ -173,9 +173,11 @@ TORCH_MODULE(LRUModel);
 // (B, L, H) -> (B, H): the mean over valid positions ("mean") or the last valid position ("last").
 torch::Tensor pool(const torch::Tensor& x, const torch::Tensor& mask, const std::string& how);
 
-// Checkpoints: a PyTorch state dict (str -> tensor) in torch.save's format, so Python reads it
-// with torch.load(path, weights_only=True) and writes one with torch.save(model.state_dict(), path).
-// Tensors are saved on the CPU. Loading is strict: a missing or unexpected key, or a shape
+// Checkpoints: a PyTorch state dict (a plain dict str -> tensor) in torch.save's format, so Python
+// reads it with torch.load(path, weights_only=True) or torch_lru.load_state_dict, and writes one
+// with torch_lru.save_state_dict(model, path) (LibTorch cannot read the OrderedDict that
+// model.state_dict() returns: save dict(model.state_dict()) instead). Tensors are saved on the CPU,
+// atomically (a temporary file renamed over the target). Loading is strict: a missing or unexpected key, or a shape
 // mismatch, raises an error naming it; values are copied into the module's tensors (keeping
 // their device and dtype).
 void save_state_dict(const torch::nn::Module& module, const std::string& path);

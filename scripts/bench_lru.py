@@ -1,0 +1,164 @@
+"""Benchmark of the LRU layer and a 6-layer LRUModel, forward+backward, against the same modules
+with the recurrence computed the way plain PyTorch ports do it (complex matrices and a Python loop
+over time: torch_lru.reference.lru_loop). Same parameters, same inputs, timed side by side.
+
+Throughput is tokens (batch x length) per second of one forward+backward pass. Peak memory is the
+extra memory one forward+backward needs beyond the model and inputs: on CUDA the allocator's peak
+(torch.cuda.max_memory_allocated); on the CPU the growth of the process's peak resident size, each
+measurement in a fresh process so that one does not hide another.
+
+    scripts/python scripts/bench_lru.py [--device cpu|cuda] [--quick] [--json PATH]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import types
+
+import torch
+
+import torch_lru
+from torch_lru.reference import lru_loop
+
+# name: (kind, batch, length, d_model, d_state)
+SIZES = {
+    "cpu": {"layer": ("layer", 8, 2048, 128, 256), "model": ("model", 8, 1024, 128, 128)},
+    "cuda": {"layer": ("layer", 32, 4096, 256, 256), "model": ("model", 32, 2048, 256, 256)},
+    "quick": {"layer": ("layer", 2, 256, 32, 32), "model": ("model", 2, 128, 32, 32)},
+}
+IMPLS = ("torch_lru", "loop")
+
+
+def loop_forward(self, u, state=None, return_state=False, mask=None):
+    """LRU.forward with the ports' recurrence (no mask, no state: what the benchmark needs)."""
+    y, _ = lru_loop(u, *self.direction_parameters(), self.D)
+    if self.bidirectional:
+        y = y + lru_loop(u, *self.direction_parameters(reverse=True), None, reverse=True)[0]
+    return y
+
+
+def build(kind, B, L, H, N, impl, device):
+    torch.manual_seed(0)
+    if kind == "layer":
+        module = torch_lru.LRU(H, N, r_min=0.9, r_max=0.999)
+        layers = [module]
+        inputs = (torch.randn(B, L, H),)
+    else:
+        module = torch_lru.LRUModel(10, d_model=H, d_state=N, n_layers=6, vocab_size=16)
+        layers = [block.lru for block in module.blocks]
+        inputs = (torch.randint(0, 16, (B, L)),)
+    if impl == "loop":
+        for layer in layers:
+            layer.forward = types.MethodType(loop_forward, layer)
+    module = module.to(device)
+    return module, tuple(t.to(device) for t in inputs)
+
+
+def step_fn(module, inputs):
+    def run():
+        out = module(*inputs)
+        out.float().square().mean().backward()
+
+    return run
+
+
+def time_it(fn, device, min_time, max_reps):
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fn()  # warm-up (and the allocator's first growth)
+    sync()
+    times, total = [], 0.0
+    while len(times) < max_reps and (total < min_time or len(times) < 2):
+        start = torch.cuda.Event(enable_timing=True) if device == "cuda" else None
+        if start is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            sync()
+            dt = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        times.append(dt)
+        total += dt
+    return sorted(times)[len(times) // 2]
+
+
+def measure(name, impl, device, quick):
+    """One row: seconds per forward+backward and peak extra memory (bytes)."""
+    kind, B, L, H, N = SIZES["quick" if quick else device][name]
+    module, inputs = build(kind, B, L, H, N, impl, device)
+    fn = step_fn(module, inputs)
+    if device == "cuda":
+        fn()
+        torch.cuda.synchronize()
+        module.zero_grad(set_to_none=False)
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        fn()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    reps = 3 if impl == "loop" else 20
+    seconds = time_it(fn, device, min_time=0.5 if impl == "loop" else 1.0, max_reps=reps)
+    return {
+        "name": name,
+        "impl": impl,
+        "shape": f"B={B} L={L} H={H} N={N}" + (" layers=6" if kind == "model" else ""),
+        "seconds": seconds,
+        "tokens_per_s": B * L / seconds,
+        "peak_bytes": peak,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--json", help="write the rows (JSON) here")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # NAME:IMPL, measured in this process (CPU runs)
+    args = ap.parse_args()
+    if args.one:
+        name, impl = args.one.split(":")
+        print(json.dumps(measure(name, impl, args.device, args.quick)))
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_lru.py: --device cuda needs a CUDA GPU")
+
+    rows = []
+    for name in ("layer", "model"):
+        for impl in IMPLS:
+            print(f"measuring {name} / {impl} ...", file=sys.stderr, flush=True)
+            if args.device == "cpu":  # a fresh process: the peak resident size only grows
+                cmd = [sys.executable, __file__, "--device", "cpu", "--one", f"{name}:{impl}"]
+                cmd += ["--quick"] if args.quick else []
+                done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            else:
+                rows.append(measure(name, impl, args.device, args.quick))
+
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"LRU forward+backward, float32, {device_name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"{'module':<7} {'shape':<32} {'impl':<10} {'ms':>9} {'tokens/s':>11} {'peak MiB':>9} {'speed-up':>9}")
+    for row in rows:
+        ours = next(r for r in rows if r["name"] == row["name"] and r["impl"] == "torch_lru")
+        label = "" if row is ours else f"{ours['tokens_per_s'] / row['tokens_per_s']:.1f}x"
+        print(
+            f"{row['name']:<7} {row['shape']:<32} {row['impl']:<10} {row['seconds'] * 1e3:>9.1f} "
+            f"{row['tokens_per_s']:>11.0f} {row['peak_bytes'] / 2**20:>9.1f} {label:>9}"
+        )
+    print("speed-up: torch_lru's throughput over the loop's, same module and input")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
