@@ -95,9 +95,12 @@ def test_model_padding_invariance_and_gradients(device, pooling, bidirectional):
     other = torch.where(mask, x, torch.randint(0, 12, x.shape, device=device))
     torch.testing.assert_close(model(other, mask), logits, rtol=0, atol=1e-9)
     logits.logsumexp(-1).sum().backward()
+    # With last pooling the last block is read where its reverse direction starts: its state there
+    # is B u alone, so that block's reverse eigenvalues rightly get no gradient.
+    exempt = {f"blocks.1.lru.{n}_rev" for n in ("nu_log", "theta_log")} if pooling == "last" else set()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        assert p.grad.abs().sum() > 0, name
+        assert (p.grad.abs().sum() > 0) != (name in exempt), name
 
 
 def test_model_with_real_inputs_and_the_retrieval_head(device):
