@@ -8,7 +8,7 @@
 #   3. runs the whole pytest suite (every CUDA test runs the CPU tests' assertions on the GPU),
 #   4. runs ctest (GoogleTest suite and examples),
 #   5. runs compute-sanitizer memcheck and racecheck on small cases (caching allocator off),
-#   6. runs the GPU benchmarks (the scan, then the LRU layer and model).
+#   6. runs the GPU benchmarks (the scan, the LRU layer and model, a training step of each LRA config).
 # Logs and a summary go to $OUT (default runs/gpu_check). Exit status: non-zero if any step failed.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,6 +77,7 @@ done
 step bench 180 "$py" scripts/bench_scan.py --device cuda --json "$out/bench_scan_cuda.json"
 cp "$out/bench.log" "$out/bench_scan_cuda.txt" 2>/dev/null
 step bench-lru 150 "$py" scripts/bench_lru.py --device cuda --json "$out/bench_lru_cuda.json"
+step bench-train 150 "$py" scripts/bench_train.py --device cuda --steps 10 --json "$out/bench_train_cuda.json"
 
 echo "== summary"
 cat "$summary"

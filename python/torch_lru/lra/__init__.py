@@ -1,0 +1,1 @@
+"""Long Range Arena: generators and readers for the six tasks, in the official file layouts."""

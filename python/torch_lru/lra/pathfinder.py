@@ -1,0 +1,184 @@
+"""Pathfinder and Path-X (Linsley et al. 2018, as LRA uses them): a generator writing the official
+image + metadata layout. The reader is tasks.read_pathfinder.
+
+Each image holds two target contours and some shorter distractors, all dashed: chains of short
+anti-aliased line segments ("paddles") separated by gaps, each paddle's direction drawn close to
+the previous one's (the continuity setting bounds the turn) and redrawn if it would touch an
+occupied pixel or leave the margin. Two round markers sit at the two ends of one target contour
+(label 1, "connected") or at one end of each (label 0). Everything is composited by pixel-wise
+maximum into an 8-bit grey image.
+
+Layout: OUT/imgs/<batch>/sample_<i>.png and OUT/metadata/<batch>.npy, the latter (despite its
+extension, as in the release) a text file with one line per image:
+``imgs/<batch> sample_<i>.png <i> <label> <contour_length>``.
+"""
+
+import math
+import multiprocessing
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+BATCH = 1000  # images per folder, as in the release
+
+
+@dataclass(frozen=True)
+class Level:
+    size: int  # image side, pixels
+    paddle_length: float  # length of one segment
+    gap: float  # space between segments along a contour
+    thickness: float  # line half-width, pixels
+    margin: int  # contours keep this far from the border
+    marker_radius: float
+    seed_distance: float  # the two target contours start at least this far apart
+    continuity: float  # larger: smoother contours (the largest turn per paddle is pi / (2 continuity))
+    distractors: int
+    contour_length: int = 14  # paddles per target contour
+
+
+LEVELS = {
+    "pathfinder": Level(32, 2.0, 1.5, 0.5, 1, 1.5, 7.0, 1.0, 20),
+    "pathx": Level(128, 5.0, 3.0, 1.5, 3, 3.0, 20.0, 1.8, 35),
+}
+
+
+def _segment(canvas_size: int, a, b, half_width: float, box_pad: float):
+    """Anti-aliased coverage (0..1) of the segment a-b within its bounding box: (y0, x0, patch)."""
+    lo = np.floor(np.minimum(a, b) - box_pad).astype(int)
+    hi = np.ceil(np.maximum(a, b) + box_pad).astype(int) + 1
+    lo, hi = np.clip(lo, 0, canvas_size), np.clip(hi, 0, canvas_size)
+    if np.any(hi <= lo):
+        return lo[0], lo[1], np.zeros((0, 0))
+    ys, xs = np.mgrid[lo[0] : hi[0], lo[1] : hi[1]].astype(np.float64)
+    d = b - a
+    t = np.clip(((ys - a[0]) * d[0] + (xs - a[1]) * d[1]) / max(float(d @ d), 1e-12), 0.0, 1.0)
+    dist = np.hypot(ys - (a[0] + t * d[0]), xs - (a[1] + t * d[1]))
+    return lo[0], lo[1], np.clip(half_width + 0.5 - dist, 0.0, 1.0)
+
+
+def _disk(canvas_size: int, c, radius: float):
+    return _segment(canvas_size, c, c, radius, radius + 1)
+
+
+class _Canvas:
+    def __init__(self, size: int):
+        self.size = size
+        self.image = np.zeros((size, size))
+        self.occupied = np.zeros((size, size), dtype=bool)
+
+    def fits(self, y0, x0, patch, clearance: np.ndarray) -> bool:
+        h, w = patch.shape
+        return not np.any((patch > 0) & clearance[y0 : y0 + h, x0 : x0 + w])
+
+    def draw(self, y0, x0, patch):
+        h, w = patch.shape
+        region = self.image[y0 : y0 + h, x0 : x0 + w]
+        np.maximum(region, patch, out=region)
+        self.occupied[y0 : y0 + h, x0 : x0 + w] |= patch > 0
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    out = mask.copy()
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dy * dy + dx * dx <= r * r:
+                out |= np.roll(np.roll(mask, dy, 0), dx, 1)
+    return out
+
+
+def _contour(rng: random.Random, canvas: _Canvas, level: Level, n: int, start=None, tries: int = 20):
+    """Draws a dashed contour of n paddles; returns its two end points, or None if it did not fit."""
+    s, m = level.size, level.margin + level.thickness + 1
+    clearance = _dilate(canvas.occupied, max(1, int(round(level.thickness + 1))))
+    max_turn = math.pi / (2 * level.continuity)
+    for _ in range(tries):
+        p = np.array(start if start is not None else [rng.uniform(m, s - m), rng.uniform(m, s - m)])
+        angle = rng.uniform(0, 2 * math.pi)
+        patches, first, ok = [], p.copy(), True
+        for _ in range(n):
+            for _ in range(tries):
+                turn = rng.uniform(-max_turn, max_turn)
+                direction = np.array([math.sin(angle + turn), math.cos(angle + turn)])
+                q = p + level.paddle_length * direction
+                if not (m <= q[0] <= s - m and m <= q[1] <= s - m):
+                    continue
+                y0, x0, patch = _segment(s, p, q, level.thickness, level.thickness + 1)
+                if patch.size and canvas.fits(y0, x0, patch, clearance):
+                    break
+            else:
+                ok = False
+                break
+            patches.append((y0, x0, patch))
+            angle += turn
+            p = q + level.gap * direction
+        if ok:
+            for patch in patches:
+                canvas.draw(*patch)
+            return first, q
+    return None
+
+
+def render(rng: random.Random, level: Level, label: int, attempts: int = 50) -> np.ndarray:
+    """One image (size, size) uint8 whose markers are connected iff label == 1."""
+    s = level.size
+    for _ in range(attempts):
+        canvas = _Canvas(s)
+        first = _contour(rng, canvas, level, level.contour_length)
+        if first is None:
+            continue
+        second = None
+        for _ in range(10):
+            second_start = [rng.uniform(level.margin + 2, s - level.margin - 2) for _ in range(2)]
+            if np.hypot(*(np.array(second_start) - first[0])) >= level.seed_distance:
+                second = _contour(rng, canvas, level, level.contour_length, start=second_start)
+                if second is not None:
+                    break
+        if second is None:
+            continue
+        for _ in range(level.distractors):
+            _contour(rng, canvas, level, max(1, level.contour_length // 3), tries=5)
+        a = first[rng.randrange(2)]
+        b = (first[1] if a is first[0] else first[0]) if label == 1 else second[rng.randrange(2)]
+        for c in (a, b):
+            canvas.draw(*_disk(s, np.asarray(c), level.marker_radius))
+        return np.round(canvas.image * 255).astype(np.uint8)
+    raise RuntimeError(f"could not place the contours on a {s} px canvas in {attempts} attempts; relax the level")
+
+
+def _write_batch(job: tuple[Path, int, int, int, Level, str]) -> None:
+    from PIL import Image  # pillow, a dependency of matplotlib
+
+    out, batch, start, count, level, seed = job
+    rng = random.Random(f"{seed}-{batch}")  # a string seed: the same images on every platform
+    folder = out / "imgs" / str(batch)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(start, start + count):
+        label = rng.randrange(2)
+        Image.fromarray(render(rng, level, label)).save(folder / f"sample_{i}.png")
+        lines.append(f"imgs/{batch} sample_{i}.png {i} {label} {level.contour_length}\n")
+    (out / "metadata").mkdir(exist_ok=True)
+    partial = out / "metadata" / f"{batch}.npy.partial"
+    partial.write_text("".join(lines))
+    partial.replace(out / "metadata" / f"{batch}.npy")  # metadata last: a listed image exists
+
+
+def write_dataset(
+    out, n: int, level: Level, seed: int = 0, workers: int = 1, contour_length: Optional[int] = None
+) -> list[Path]:
+    """Writes n images in the official layout; the same images for the same seed, any worker count."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if contour_length is not None:
+        level = replace(level, contour_length=contour_length)
+    jobs = [(out, b, b * BATCH, min(BATCH, n - b * BATCH), level, str(seed)) for b in range((n + BATCH - 1) // BATCH)]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pool.map(_write_batch, jobs, chunksize=1)
+    else:
+        for job in jobs:
+            _write_batch(job)
+    return sorted((out / "metadata").glob("*.npy"))

@@ -1,0 +1,281 @@
+"""The LRA tasks: where each reads its files (the official layouts), how it tokenises them and how
+its splits are made. ``load_splits(task, data_dir, options)`` returns train/val/test Splits.
+
+Layouts (as the LRA release archive unpacks, or as scripts/make_lra_data.py writes them):
+- listops:    DIR/basic_{train,val,test}.tsv
+- text:       DIR/{train,test}/{pos,neg}/<id>_<rating>.txt (aclImdb); the test split is also the
+              validation split (the S4/S5 convention, LRA has no IMDB validation set)
+- retrieval:  DIR/new_aan_pairs.{train,eval,test}.tsv: label, id1, id2, text1, text2
+- image:      DIR/data_batch_{1..5}, DIR/test_batch (CIFAR-10 python batches); the last 10% of the
+              training batches is the validation split
+- fmnist:     DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (default: Debian's
+              dataset-fashion-mnist, /usr/share/datasets/fashion-mnist); last 10% of train = val
+- pathfinder, pathx: DIR/metadata/*.npy (text lines: folder, file name, _, label) and the PNGs
+              they name; a seeded 80/10/10 split
+"""
+
+import csv
+import gzip
+import pickle
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from . import listops
+from .data import Split, cached, pack
+from .errors import DataError
+
+BYTE_VOCAB = 257  # byte b is token b + 1; 0 is padding
+FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+# Per task: classes, token vocabulary (0: real-valued inputs) and channels per step.
+TASKS = {
+    "listops": {"n_classes": 10, "vocab_size": len(listops.VOCAB), "channels": 0, "dual": False},
+    "text": {"n_classes": 2, "vocab_size": BYTE_VOCAB, "channels": 0, "dual": False},
+    "retrieval": {"n_classes": 2, "vocab_size": BYTE_VOCAB, "channels": 0, "dual": True},
+    "image": {"n_classes": 10, "vocab_size": 0, "channels": 1, "dual": False},
+    "fmnist": {"n_classes": 10, "vocab_size": 0, "channels": 1, "dual": False},
+    "pathfinder": {"n_classes": 2, "vocab_size": 0, "channels": 1, "dual": False},
+    "pathx": {"n_classes": 2, "vocab_size": 0, "channels": 1, "dual": False},
+}
+
+
+def task_info(task: str) -> dict:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; the tasks are {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(path, f"not found (expected {what})")
+    return path
+
+
+def _bytes(text: str, max_length: int) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-8")[:max_length], dtype=np.uint8).astype(np.uint16) + 1
+
+
+# ---- ListOps ----
+
+
+def _listops(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    out = {}
+    for split in listops.SPLITS:
+        path = _need(data_dir / f"basic_{split}.tsv", "LRA's listops-1000/basic_{train,val,test}.tsv")
+        out[split] = cached("listops", [path], {}, lambda p=path: pack(listops.read_tsv(p)), cache_dir)
+    return out
+
+
+# ---- Text (IMDB, byte level) ----
+
+
+def _imdb_rows(folder: Path, max_length: int) -> Iterator[tuple[np.ndarray, int]]:
+    for label, name in ((0, "neg"), (1, "pos")):
+        sub = _need(folder / name, "aclImdb's {train,test}/{pos,neg}/ folders")
+        files = sorted(sub.glob("*.txt"))
+        if not files:
+            raise DataError(sub, "no <id>_<rating>.txt reviews in this folder")
+        for f in files:
+            yield _bytes(f.read_text(encoding="utf-8", errors="replace"), max_length), label
+
+
+def _text(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    max_length = int(opts.get("max_length", 4096))
+    out = {}
+    for split in ("train", "test"):
+        folder = _need(data_dir / split, "the aclImdb layout DIR/{train,test}/{pos,neg}/*.txt")
+        sources = [folder / "pos", folder / "neg"]
+        build = lambda f=folder: pack(_imdb_rows(f, max_length), dtype=np.uint16)  # noqa: E731
+        out[split] = cached("text", sources, {"max_length": max_length}, build, cache_dir)
+    out["val"] = out["test"]
+    return out
+
+
+# ---- Retrieval (AAN pairs, byte level) ----
+
+
+def _aan_rows(path: Path, max_length: int):
+    csv.field_size_limit(sys.maxsize)
+    first, second = [], []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for lineno, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if not fields:
+                continue
+            if len(fields) != 5:
+                raise DataError(
+                    path, f"expected 5 tab-separated fields (label, id1, id2, text1, text2), got {len(fields)}", lineno
+                )
+            try:
+                label = int(float(fields[0]))
+            except ValueError:
+                raise DataError(
+                    path, f"expected a label 0 or 1 in the first column, got {fields[0]!r}", lineno
+                ) from None
+            if label not in (0, 1):
+                raise DataError(path, f"expected a label 0 or 1 in the first column, got {fields[0]!r}", lineno)
+            first.append((_bytes(fields[3], max_length), label))
+            second.append((_bytes(fields[4], max_length), label))
+    if not first:
+        raise DataError(path, "no rows")
+    split = pack(first, dtype=np.uint16)
+    split.second = pack(second, dtype=np.uint16)
+    return split
+
+
+def _retrieval(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    max_length = int(opts.get("max_length", 4000))
+    out = {}
+    for split, name in (("train", "train"), ("val", "eval"), ("test", "test")):
+        path = _need(data_dir / f"new_aan_pairs.{name}.tsv", "LRA's tsv_data/new_aan_pairs.{train,eval,test}.tsv")
+        build = lambda p=path: _aan_rows(p, max_length)  # noqa: E731
+        out[split] = cached("retrieval", [path], {"max_length": max_length}, build, cache_dir)
+    return out
+
+
+# ---- Image (CIFAR-10) ----
+
+
+def _cifar_batch(path: Path, grey: bool) -> list[tuple[np.ndarray, int]]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data, labels = np.asarray(batch[b"data"], dtype=np.uint8), list(batch[b"labels"])
+    except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as e:
+        raise DataError(path, f"not a CIFAR-10 python batch (dict with b'data' (n, 3072) and b'labels'): {e}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(path, f"expected b'data' of shape (n, 3072) and n labels, got {data.shape} and {len(labels)}")
+    rgb = data.reshape(-1, 3, 1024).transpose(0, 2, 1)  # (n, 1024 steps, 3 channels), row-major pixels
+    if grey:  # LRA: one 8-bit intensity per pixel
+        rgb = np.round(rgb @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)[..., None]
+    return list(zip(rgb, labels))
+
+
+def _image(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    grey = bool(opts.get("grayscale", True))
+    channels = 1 if grey else 3
+    train_files = [
+        _need(data_dir / f"data_batch_{i}", "CIFAR-10's cifar-10-batches-py/data_batch_{1..5}") for i in range(1, 6)
+    ]
+    test_file = _need(data_dir / "test_batch", "CIFAR-10's cifar-10-batches-py/test_batch")
+
+    def build(files):
+        rows = [row for f in files for row in _cifar_batch(f, grey)]
+        return pack(rows, channels=channels)
+
+    train = cached("image", train_files, {"grey": grey}, lambda: build(train_files), cache_dir)
+    test = cached("image", [test_file], {"grey": grey}, lambda: build([test_file]), cache_dir)
+    return {**_holdout(train, 0.1), "test": test}
+
+
+# ---- Sequential Fashion-MNIST (784 steps) ----
+
+
+def _idx(path: Path, ndim: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != 0x800 + ndim:
+        raise DataError(path, f"not an IDX file of {ndim} dimensions (magic {magic:#x}, expected {0x800 + ndim:#x})")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(path, f"holds {data.size} bytes of data, expected {dims} = {int(np.prod(dims))}")
+    return data.reshape(dims)
+
+
+def _find(data_dir: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (data_dir / name).exists():
+            return data_dir / name
+    raise DataError(
+        data_dir / stem, "not found (expected Fashion-MNIST's IDX files, e.g. from Debian's dataset-fashion-mnist)"
+    )
+
+
+def _fmnist(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    out = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = _find(data_dir, f"{prefix}-images-idx3-ubyte"), _find(data_dir, f"{prefix}-labels-idx1-ubyte")
+
+        def build(images=images, labels=labels):
+            x, y = _idx(images, 3), _idx(labels, 1)
+            if len(x) != len(y):
+                raise DataError(labels, f"{len(y)} labels for {len(x)} images in {images}")
+            return pack(zip(x.reshape(len(x), -1, 1), y.astype(np.int64)), channels=1)
+
+        out[split] = cached("fmnist", [images, labels], {}, build, cache_dir)
+    return {**_holdout(out["train"], 0.1), "test": out["test"]}
+
+
+# ---- Pathfinder / Path-X ----
+
+
+def read_pathfinder(root: Path) -> Iterator[tuple[np.ndarray, int]]:
+    """(pixels (H*W, 1), label) for every image the metadata files list; the empty image of the
+    official release is skipped."""
+    from PIL import Image  # pillow, a dependency of matplotlib
+
+    meta_dir = _need(root / "metadata", "the Pathfinder layout DIR/{imgs/<batch>/sample_<i>.png, metadata/<batch>.npy}")
+    files = sorted(meta_dir.glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+    if not files:
+        raise DataError(meta_dir, "no metadata/<batch>.npy files")
+    for meta in files:
+        with open(meta) as f:
+            for lineno, line in enumerate(f, start=1):
+                fields = line.split()
+                if not fields:
+                    continue
+                if len(fields) < 4 or fields[3] not in ("0", "1"):
+                    raise DataError(meta, "expected 'folder file _ label ...' with label 0 or 1", lineno)
+                path = root / fields[0] / fields[1]
+                if not path.exists():
+                    raise DataError(meta, f"lists {path}, which does not exist", lineno)
+                if path.stat().st_size == 0:
+                    continue  # the release's known empty file (pathfinder32/curv_baseline/imgs/0/sample_172.png)
+                with Image.open(path) as im:
+                    pixels = np.asarray(im.convert("L"), dtype=np.uint8)
+                yield pixels.reshape(-1, 1), int(fields[3])
+
+
+def _pathfinder(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    metas = sorted((data_dir / "metadata").glob("*.npy")) if (data_dir / "metadata").exists() else []
+    every = cached(
+        "pathfinder", metas or [data_dir], {}, lambda: pack(read_pathfinder(data_dir), channels=1), cache_dir
+    )
+    rng = np.random.default_rng(int(opts.get("split_seed", 0)))
+    order = rng.permutation(len(every))
+    n_val = n_test = len(every) // 10
+    return {
+        "train": every.subset(order[n_val + n_test :]),
+        "val": every.subset(order[:n_val]),
+        "test": every.subset(order[n_val : n_val + n_test]),
+    }
+
+
+def _holdout(train: Split, fraction: float) -> dict[str, Split]:
+    n_val = int(round(len(train) * fraction))
+    index = np.arange(len(train))
+    return {"train": train.subset(index[: len(train) - n_val]), "val": train.subset(index[len(train) - n_val :])}
+
+
+READERS = {
+    "listops": _listops,
+    "text": _text,
+    "retrieval": _retrieval,
+    "image": _image,
+    "fmnist": _fmnist,
+    "pathfinder": _pathfinder,
+    "pathx": _pathfinder,
+}
+
+
+def load_splits(task: str, data_dir, options: dict = None, cache_dir=None) -> dict[str, Split]:
+    task_info(task)
+    data_dir = Path(data_dir) if data_dir else (FMNIST_DEBIAN if task == "fmnist" else None)
+    if data_dir is None:
+        raise ValueError(f"task {task!r} needs --data-dir")
+    return READERS[task](data_dir, dict(options or {}), cache_dir)
