@@ -164,6 +164,17 @@ def test_imdb_reader(tmp_path):
         tasks.load_splits("text", tmp_path, cache_dir=tmp_path / "cache")
 
 
+def test_imdb_tsv_export(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.tsv").write_text("label\ttext\n1\tgreat film\n0\tdull\n")
+    splits = tasks.load_splits("text", tmp_path, cache_dir=tmp_path / "cache")
+    assert splits["train"].labels.tolist() == [1, 0] and splits["val"] is splits["test"]
+    assert bytes((splits["train"].item(1) - 1).astype(np.uint8)) == b"dull"
+    (tmp_path / "test.tsv").write_text("label\ttext\n2\tthree classes?\n")
+    with pytest.raises(DataError, match=r"test.tsv:2: expected 'label<TAB>text' with label 0 or 1"):
+        tasks.load_splits("text", tmp_path, cache_dir=tmp_path / "cache")
+
+
 def test_aan_reader(tmp_path):
     for name in ("train", "eval", "test"):
         rows = [f"{i % 2}\tid{i}\tid{i + 1}\tfirst text {i}\tsecond {i}" for i in range(4)]

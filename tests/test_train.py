@@ -168,7 +168,7 @@ def test_configs_and_overrides():
         training.load_config("nonsense")
     with pytest.raises(ValueError, match="is not key=value"):
         training.load_config("listops", ["train.batch_size"])
-    for name in ("listops", "text", "retrieval", "image", "pathfinder", "pathx", "fmnist", "listops_small"):
+    for name in sorted(p.stem for p in training.CONFIG_DIR.glob("*.json")):
         c = training.load_config(name)
         assert set(c) >= {"task", "_sources", "data", "model", "optim", "train"}, name
         training.build_model(c, training.tasks.task_info(c["task"]))  # every config builds a model
@@ -208,3 +208,30 @@ def test_train_script_reports_bad_data_clearly(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert f"{tmp_path / 'basic_train.tsv'}:2: expected a label 0-9 in the Target column, got '11'" in done.stderr
+
+
+def test_colour_images_train_with_three_input_channels(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}, f)
+    config = training.load_config(
+        "image",
+        [
+            "data.grayscale=false",
+            "model.d_model=8",
+            "model.d_state=4",
+            "model.n_layers=1",
+            "train.batch_size=4",
+            "train.log_every=1",
+        ],
+    )
+    run(config, tmp_path / "out", folder, tmp_path, max_steps=2)
+    state = torch.load(tmp_path / "out" / "best_model.pt", weights_only=True)
+    assert state["encoder.weight"].shape == (8, 3)

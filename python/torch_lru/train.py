@@ -268,6 +268,8 @@ def train(
     info = tasks.task_info(task)
     splits = tasks.load_splits(task, data_dir or config.get("data_dir"), config.get("data", {}), cache_dir)
     train_split = splits["train"]
+    if train_split.channels:  # pixels per step as read (CIFAR: 1 grey or 3 colour channels)
+        info = dict(info, channels=train_split.channels)
     lengths = train_split.lengths()
     batch_size = int(tc["batch_size"])
     n_batches = len(lra_data.batches(lengths, batch_size, seed, 0))

@@ -45,18 +45,30 @@ LEVELS = {
 }
 
 
+_COORDS = np.arange(1024, dtype=np.float64)  # pixel coordinates, sliced per segment
+_EMPTY = np.zeros((0, 0))
+
+
 def _segment(canvas_size: int, a, b, half_width: float, box_pad: float):
-    """Anti-aliased coverage (0..1) of the segment a-b within its bounding box: (y0, x0, patch)."""
-    lo = np.floor(np.minimum(a, b) - box_pad).astype(int)
-    hi = np.ceil(np.maximum(a, b) + box_pad).astype(int) + 1
-    lo, hi = np.clip(lo, 0, canvas_size), np.clip(hi, 0, canvas_size)
-    if np.any(hi <= lo):
-        return lo[0], lo[1], np.zeros((0, 0))
-    ys, xs = np.mgrid[lo[0] : hi[0], lo[1] : hi[1]].astype(np.float64)
-    d = b - a
-    t = np.clip(((ys - a[0]) * d[0] + (xs - a[1]) * d[1]) / max(float(d @ d), 1e-12), 0.0, 1.0)
-    dist = np.hypot(ys - (a[0] + t * d[0]), xs - (a[1] + t * d[1]))
-    return lo[0], lo[1], np.clip(half_width + 0.5 - dist, 0.0, 1.0)
+    """Anti-aliased coverage (0..1) of the segment a-b within its bounding box: (y0, x0, patch).
+    a and b are (y, x) pairs of floats; plain float arithmetic for the box keeps this fast."""
+    (ay, ax), (by, bx) = a, b
+    y0, y1 = max(int(math.floor(min(ay, by) - box_pad)), 0), min(int(math.ceil(max(ay, by) + box_pad)) + 1, canvas_size)
+    x0, x1 = max(int(math.floor(min(ax, bx) - box_pad)), 0), min(int(math.ceil(max(ax, bx) + box_pad)) + 1, canvas_size)
+    if y1 <= y0 or x1 <= x0:
+        return y0, x0, _EMPTY
+    ys, xs = _COORDS[y0:y1, None], _COORDS[None, x0:x1]
+    dy, dx = by - ay, bx - ax
+    length_sq = dy * dy + dx * dx
+    if length_sq < 1e-12:
+        py, px = ys - ay, xs - ax
+    else:
+        t = ((ys - ay) * dy + (xs - ax) * dx) / length_sq
+        np.clip(t, 0.0, 1.0, out=t)
+        py, px = ys - (ay + t * dy), xs - (ax + t * dx)
+    coverage = half_width + 0.5 - np.sqrt(py * py + px * px)
+    np.clip(coverage, 0.0, 1.0, out=coverage)
+    return y0, x0, coverage
 
 
 def _disk(canvas_size: int, c, radius: float):
@@ -95,14 +107,14 @@ def _contour(rng: random.Random, canvas: _Canvas, level: Level, n: int, start=No
     clearance = _dilate(canvas.occupied, max(1, int(round(level.thickness + 1))))
     max_turn = math.pi / (2 * level.continuity)
     for _ in range(tries):
-        p = np.array(start if start is not None else [rng.uniform(m, s - m), rng.uniform(m, s - m)])
+        p = tuple(start) if start is not None else (rng.uniform(m, s - m), rng.uniform(m, s - m))
         angle = rng.uniform(0, 2 * math.pi)
-        patches, first, ok = [], p.copy(), True
+        patches, first, ok = [], p, True
         for _ in range(n):
             for _ in range(tries):
                 turn = rng.uniform(-max_turn, max_turn)
-                direction = np.array([math.sin(angle + turn), math.cos(angle + turn)])
-                q = p + level.paddle_length * direction
+                dy, dx = math.sin(angle + turn), math.cos(angle + turn)
+                q = (p[0] + level.paddle_length * dy, p[1] + level.paddle_length * dx)
                 if not (m <= q[0] <= s - m and m <= q[1] <= s - m):
                     continue
                 y0, x0, patch = _segment(s, p, q, level.thickness, level.thickness + 1)
@@ -113,7 +125,7 @@ def _contour(rng: random.Random, canvas: _Canvas, level: Level, n: int, start=No
                 break
             patches.append((y0, x0, patch))
             angle += turn
-            p = q + level.gap * direction
+            p = (q[0] + level.gap * dy, q[1] + level.gap * dx)
         if ok:
             for patch in patches:
                 canvas.draw(*patch)
@@ -132,7 +144,7 @@ def render(rng: random.Random, level: Level, label: int, attempts: int = 50) -> 
         second = None
         for _ in range(10):
             second_start = [rng.uniform(level.margin + 2, s - level.margin - 2) for _ in range(2)]
-            if np.hypot(*(np.array(second_start) - first[0])) >= level.seed_distance:
+            if math.dist(second_start, first[0]) >= level.seed_distance:
                 second = _contour(rng, canvas, level, level.contour_length, start=second_start)
                 if second is not None:
                     break
@@ -143,7 +155,7 @@ def render(rng: random.Random, level: Level, label: int, attempts: int = 50) -> 
         a = first[rng.randrange(2)]
         b = (first[1] if a is first[0] else first[0]) if label == 1 else second[rng.randrange(2)]
         for c in (a, b):
-            canvas.draw(*_disk(s, np.asarray(c), level.marker_radius))
+            canvas.draw(*_disk(s, c, level.marker_radius))
         return np.round(canvas.image * 255).astype(np.uint8)
     raise RuntimeError(f"could not place the contours on a {s} px canvas in {attempts} attempts; relax the level")
 

@@ -3,7 +3,8 @@ its splits are made. ``load_splits(task, data_dir, options)`` returns train/val/
 
 Layouts (as the LRA release archive unpacks, or as scripts/make_lra_data.py writes them):
 - listops:    DIR/basic_{train,val,test}.tsv
-- text:       DIR/{train,test}/{pos,neg}/<id>_<rating>.txt (aclImdb); the test split is also the
+- text:       DIR/{train,test}/{pos,neg}/<id>_<rating>.txt (aclImdb), or a user's export
+              DIR/{train,test}.tsv with the header "label<TAB>text"; the test split is also the
               validation split (the S4/S5 convention, LRA has no IMDB validation set)
 - retrieval:  DIR/new_aan_pairs.{train,eval,test}.tsv: label, id1, id2, text1, text2
 - image:      DIR/data_batch_{1..5}, DIR/test_batch (CIFAR-10 python batches); the last 10% of the
@@ -82,9 +83,32 @@ def _imdb_rows(folder: Path, max_length: int) -> Iterator[tuple[np.ndarray, int]
             yield _bytes(f.read_text(encoding="utf-8", errors="replace"), max_length), label
 
 
+def _tsv_rows(path: Path, max_length: int) -> Iterator[tuple[np.ndarray, int]]:
+    """A user's export: header ``label<TAB>text``, then one review per line, label 0 or 1."""
+    csv.field_size_limit(sys.maxsize)
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for lineno, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if lineno == 1:
+                if fields != ["label", "text"]:
+                    raise DataError(path, f"expected the header 'label<TAB>text', got {fields!r}", lineno)
+                continue
+            if not fields:
+                continue
+            if len(fields) != 2 or fields[0] not in ("0", "1"):
+                raise DataError(path, "expected 'label<TAB>text' with label 0 or 1", lineno)
+            yield _bytes(fields[1], max_length), int(fields[0])
+
+
 def _text(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
     max_length = int(opts.get("max_length", 4096))
     out = {}
+    if (data_dir / "train.tsv").exists():
+        for split in ("train", "test"):
+            path = _need(data_dir / f"{split}.tsv", "train.tsv and test.tsv (label<TAB>text)")
+            build = lambda p=path: pack(_tsv_rows(p, max_length), dtype=np.uint16)  # noqa: E731
+            out[split] = cached("text-tsv", [path], {"max_length": max_length}, build, cache_dir)
+        out["val"] = out["test"]
+        return out
     for split in ("train", "test"):
         folder = _need(data_dir / split, "the aclImdb layout DIR/{train,test}/{pos,neg}/*.txt")
         sources = [folder / "pos", folder / "neg"]
