@@ -28,72 +28,83 @@ struct Params {
 
 bool has(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
-void check_param(const char* op, const char* name, const at::Tensor& t, const at::Tensor& ref,
+// `ref` (named ref_name) is the tensor whose dtype and device every parameter must share.
+void check_param(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref,
                  c10::ArrayRef<c10::SymInt> shape, const char* shape_name) {
   TORCH_CHECK(t.defined(), op, ": ", name, " must be a defined tensor");
   TORCH_CHECK(t.sym_sizes() == shape, op, ": ", name, " must have shape ", shape_name, " = ", shape, ", got ",
               t.sym_sizes());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have nu_log's dtype ", ref.scalar_type(),
-              ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on nu_log's device ", ref.device(), ", got ",
-              t.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " must have ", ref_name, "'s dtype ",
+              ref.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " must be on ", ref_name, "'s device ", ref.device(),
+              ", got ", t.device());
 }
 
-// Checks the parameters against each other; returns (H, N).
+// The projections B (N, H) and C (H, N) and the skip D (H) against each other and `ref`; returns (H, N).
+std::pair<c10::SymInt, c10::SymInt> check_projections(const char* op, const char* ref_name, const at::Tensor& ref,
+                                                      const c10::SymInt& N, const Params& p) {
+  TORCH_CHECK(ref.scalar_type() == at::kFloat || ref.scalar_type() == at::kDouble, op,
+              ": the parameters must be float32 or float64, got ", ref_name, " ", ref.scalar_type());
+  TORCH_CHECK(p.B_re.defined() && p.B_re.dim() == 2, op, ": B_re must have shape (N, H), got ",
+              p.B_re.defined() ? p.B_re.sym_sizes() : c10::SymIntArrayRef());
+  const c10::SymInt H = p.B_re.sym_size(1);
+  const std::vector<c10::SymInt> nh{N, H}, hn{H, N}, h{H};
+  check_param(op, "B_re", p.B_re, ref_name, ref, nh, "(N, H)");
+  check_param(op, "B_im", p.B_im, ref_name, ref, nh, "(N, H)");
+  check_param(op, "C_re", p.C_re, ref_name, ref, hn, "(H, N)");
+  check_param(op, "C_im", p.C_im, ref_name, ref, hn, "(H, N)");
+  if (has(p.D)) check_param(op, "D", *p.D, ref_name, ref, h, "(H,)");
+  return {H, N};
+}
+
+// The LRU's parameters against each other; returns (H, N).
 std::pair<c10::SymInt, c10::SymInt> check_params(const char* op, const Params& p) {
   TORCH_CHECK(p.nu_log.defined() && p.nu_log.dim() == 1, op, ": nu_log must have shape (N,), got ",
               p.nu_log.defined() ? p.nu_log.sym_sizes() : c10::SymIntArrayRef());
-  TORCH_CHECK(p.nu_log.scalar_type() == at::kFloat || p.nu_log.scalar_type() == at::kDouble, op,
-              ": the parameters must be float32 or float64, got nu_log ", p.nu_log.scalar_type());
-  TORCH_CHECK(p.B_re.defined() && p.B_re.dim() == 2, op, ": B_re must have shape (N, H), got ",
-              p.B_re.defined() ? p.B_re.sym_sizes() : c10::SymIntArrayRef());
-  const c10::SymInt N = p.nu_log.sym_size(0), H = p.B_re.sym_size(1);
-  const std::vector<c10::SymInt> n{N}, nh{N, H}, hn{H, N}, h{H};
-  check_param(op, "theta_log", p.theta_log, p.nu_log, n, "(N,)");
-  check_param(op, "gamma_log", p.gamma_log, p.nu_log, n, "(N,)");
-  check_param(op, "B_re", p.B_re, p.nu_log, nh, "(N, H)");
-  check_param(op, "B_im", p.B_im, p.nu_log, nh, "(N, H)");
-  check_param(op, "C_re", p.C_re, p.nu_log, hn, "(H, N)");
-  check_param(op, "C_im", p.C_im, p.nu_log, hn, "(H, N)");
-  if (has(p.D)) check_param(op, "D", *p.D, p.nu_log, h, "(H,)");
-  return {H, N};
+  const c10::SymInt N = p.nu_log.sym_size(0);
+  const std::vector<c10::SymInt> n{N};
+  auto sizes = check_projections(op, "nu_log", p.nu_log, N, p);
+  check_param(op, "theta_log", p.theta_log, "nu_log", p.nu_log, n, "(N,)");
+  check_param(op, "gamma_log", p.gamma_log, "nu_log", p.nu_log, n, "(N,)");
+  return sizes;
 }
 
 // u (..., H) against the parameters: its width, device, and dtype (which may differ from the
 // parameters' only under autocast, where the projections cast both).
-void check_input(const char* op, const at::Tensor& u, const at::Tensor& nu_log, const c10::SymInt& H, int64_t rank,
+void check_input(const char* op, const at::Tensor& u, const at::Tensor& ref, const c10::SymInt& H, int64_t rank,
                  const char* shape_name) {
   TORCH_CHECK(u.defined(), op, ": the input must be a defined tensor");
   TORCH_CHECK(u.dim() == rank, op, ": the input must have shape ", shape_name, ", got ", u.dim(), " dimensions ",
               u.sym_sizes());
   TORCH_CHECK(u.sym_size(-1) == H, op, ": the input's last dimension must be d_model = ", H, ", got shape ",
               u.sym_sizes());
-  TORCH_CHECK(u.device() == nu_log.device(), op, ": the input is on ", u.device(), " but the parameters are on ",
-              nu_log.device());
+  TORCH_CHECK(u.device() == ref.device(), op, ": the input is on ", u.device(), " but the parameters are on ",
+              ref.device());
   TORCH_CHECK(at::isFloatingType(u.scalar_type()), op, ": the input must be real floating point, got ",
               u.scalar_type());
-  TORCH_CHECK(u.scalar_type() == nu_log.scalar_type() || at::autocast::is_autocast_enabled(u.device().type()), op,
-              ": the input's dtype ", u.scalar_type(), " differs from the parameters' ", nu_log.scalar_type(),
+  TORCH_CHECK(u.scalar_type() == ref.scalar_type() || at::autocast::is_autocast_enabled(u.device().type()), op,
+              ": the input's dtype ", u.scalar_type(), " differs from the parameters' ", ref.scalar_type(),
               " (cast one, or run under torch.autocast)");
 }
 
-void check_state(const char* op, const at::Tensor& state, const at::Tensor& nu_log, const c10::SymInt& batch,
+void check_state(const char* op, const at::Tensor& state, const at::Tensor& ref, const c10::SymInt& batch,
                  const c10::SymInt& N) {
-  const auto complex_type = c10::toComplexType(nu_log.scalar_type());
+  const auto complex_type = c10::toComplexType(ref.scalar_type());
   TORCH_CHECK(state.scalar_type() == complex_type, op, ": state must be ", complex_type, " (the parameters are ",
-              nu_log.scalar_type(), "), got ", state.scalar_type());
-  TORCH_CHECK(state.device() == nu_log.device(), op, ": state is on ", state.device(), " but the parameters are on ",
-              nu_log.device());
+              ref.scalar_type(), "), got ", state.scalar_type());
+  TORCH_CHECK(state.device() == ref.device(), op, ": state is on ", state.device(), " but the parameters are on ",
+              ref.device());
   TORCH_CHECK(state.dim() == 2 && state.sym_size(0) == batch && state.sym_size(1) == N, op,
               ": state must have shape (B, N) = (", batch, ", ", N, "), got ", state.sym_sizes());
 }
 
 at::Tensor eigenvalues(const Params& p) { return at::polar(at::exp(-at::exp(p.nu_log)), at::exp(p.theta_log)); }
 
-// exp(gamma_log) * B with the real and imaginary rows interleaved (2N, H): u @ W^T is then B u laid
-// out as complex numbers, read as complex with no copy.
-at::Tensor input_weight(const Params& p, const c10::SymInt& H) {
-  auto g = at::exp(p.gamma_log).unsqueeze(1);
+// gain * B (gain (N,), or 1 when undefined) with the real and imaginary rows interleaved (2N, H):
+// u @ W^T is then B u laid out as complex numbers, read as complex with no copy.
+at::Tensor input_weight(const Params& p, const at::Tensor& gain, const c10::SymInt& H) {
+  if (!gain.defined()) return at::stack({p.B_re, p.B_im}, 1).reshape_symint({-1, H});
+  auto g = gain.unsqueeze(1);
   return at::stack({p.B_re * g, p.B_im * g}, 1).reshape_symint({-1, H});
 }
 
@@ -103,30 +114,30 @@ at::Tensor output_weight(const Params& p, const c10::SymInt& H) {
   return at::stack({p.C_re, -p.C_im}, 2).reshape_symint({H, -1});
 }
 
-// B u as a complex tensor of u's leading shape and N channels, in the parameters' complex dtype.
-at::Tensor project_in(const at::Tensor& u, const Params& p, const c10::SymInt& H, const c10::SymInt& N) {
-  auto bu = at::linear(u, input_weight(p, H));
-  if (bu.scalar_type() != p.nu_log.scalar_type()) bu = bu.to(p.nu_log.scalar_type());  // from autocast
+// u @ w_in^T as a complex tensor of u's leading shape and N channels, in `real`'s complex dtype.
+at::Tensor project_in(const at::Tensor& u, const at::Tensor& w_in, at::ScalarType real, const c10::SymInt& N) {
+  auto bu = at::linear(u, w_in);
+  if (bu.scalar_type() != real) bu = bu.to(real);  // from autocast
   return at::view_as_complex(bu.unflatten_symint(-1, {N, 2}));
 }
 
-at::Tensor project_out(const at::Tensor& x, const at::Tensor& u, const Params& p, const c10::SymInt& H) {
-  auto y = at::linear(at::view_as_real(x).flatten(-2), output_weight(p, H));
-  return has(p.D) ? at::addcmul(y, u, *p.D) : y;
+at::Tensor project_out(const at::Tensor& x, const at::Tensor& u, const at::Tensor& w_out,
+                       const std::optional<at::Tensor>& D) {
+  auto y = at::linear(at::view_as_real(x).flatten(-2), w_out);
+  return has(D) ? at::addcmul(y, u, *D) : y;
 }
 
-std::tuple<at::Tensor, at::Tensor> lru_composite(const at::Tensor& u, const at::Tensor& nu_log,
-                                                 const at::Tensor& theta_log, const at::Tensor& gamma_log,
-                                                 const at::Tensor& B_re, const at::Tensor& B_im, const at::Tensor& C_re,
-                                                 const at::Tensor& C_im, const std::optional<at::Tensor>& D,
-                                                 const std::optional<at::Tensor>& state,
-                                                 const std::optional<at::Tensor>& mask, bool reverse) {
-  const char* op = "torch_lru::lru";
-  const Params p{nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D};
-  const auto [H, N] = check_params(op, p);
-  check_input(op, u, nu_log, H, 3, "(B, L, H)");
+// The layer given its eigenvalues lam (N,) and interleaved projection weights: what the lru and
+// diag_recurrence ops share. `ref` gives the parameters' real dtype and device.
+std::tuple<at::Tensor, at::Tensor> run_recurrence(const char* op, const at::Tensor& u, const at::Tensor& lam,
+                                                  const at::Tensor& w_in, const at::Tensor& w_out,
+                                                  const std::optional<at::Tensor>& D,
+                                                  const std::optional<at::Tensor>& state,
+                                                  const std::optional<at::Tensor>& mask, bool reverse,
+                                                  const at::Tensor& ref, const c10::SymInt& H, const c10::SymInt& N) {
+  check_input(op, u, ref, H, 3, "(B, L, H)");
   const c10::SymInt batch = u.sym_size(0), L = u.sym_size(1);
-  if (has(state)) check_state(op, *state, nu_log, batch, N);
+  if (has(state)) check_state(op, *state, ref, batch, N);
   at::Tensor valid;
   if (has(mask)) {
     valid = *mask;
@@ -140,8 +151,8 @@ std::tuple<at::Tensor, at::Tensor> lru_composite(const at::Tensor& u, const at::
   // Zero inputs at padded positions: the state then passes through them unchanged in value
   // reaching the valid positions (zero before any valid input, decayed only after the last).
   const auto u_in = valid.defined() ? u.masked_fill(valid.logical_not().unsqueeze(-1), 0) : u;
-  auto h = scan(eigenvalues(p), project_in(u_in, p, H, N), state, reverse);
-  auto y = project_out(h, u, p, H);
+  auto h = scan(lam, project_in(u_in, w_in, ref.scalar_type(), N), state, reverse);
+  auto y = project_out(h, u, w_out, D);
 
   auto initial = has(state) ? *state : at::zeros_symint({batch, N}, h.options());
   at::Tensor final_state;
@@ -160,6 +171,40 @@ std::tuple<at::Tensor, at::Tensor> lru_composite(const at::Tensor& u, const at::
   return {y, final_state};
 }
 
+std::tuple<at::Tensor, at::Tensor> lru_composite(const at::Tensor& u, const at::Tensor& nu_log,
+                                                 const at::Tensor& theta_log, const at::Tensor& gamma_log,
+                                                 const at::Tensor& B_re, const at::Tensor& B_im, const at::Tensor& C_re,
+                                                 const at::Tensor& C_im, const std::optional<at::Tensor>& D,
+                                                 const std::optional<at::Tensor>& state,
+                                                 const std::optional<at::Tensor>& mask, bool reverse) {
+  const char* op = "torch_lru::lru";
+  const Params p{nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D};
+  const auto [H, N] = check_params(op, p);
+  return run_recurrence(op, u, eigenvalues(p), input_weight(p, at::exp(gamma_log), H), output_weight(p, H), D, state,
+                        mask, reverse, nu_log, H, N);
+}
+
+std::tuple<at::Tensor, at::Tensor> diag_recurrence_composite(const at::Tensor& u, const at::Tensor& lam,
+                                                             const at::Tensor& B_re, const at::Tensor& B_im,
+                                                             const at::Tensor& C_re, const at::Tensor& C_im,
+                                                             const std::optional<at::Tensor>& D,
+                                                             const std::optional<at::Tensor>& state,
+                                                             const std::optional<at::Tensor>& mask, bool reverse) {
+  const char* op = "torch_lru::diag_recurrence";
+  TORCH_CHECK(lam.defined() && lam.dim() == 1, op, ": lam must have shape (N,), got ",
+              lam.defined() ? lam.sym_sizes() : c10::SymIntArrayRef());
+  TORCH_CHECK(B_re.defined(), op, ": B_re must be a defined tensor");
+  const auto complex_type = c10::toComplexType(B_re.scalar_type());
+  TORCH_CHECK(lam.scalar_type() == complex_type && lam.device() == B_re.device(), op, ": lam must be ", complex_type,
+              " on ", B_re.device(), " (B_re is ", B_re.scalar_type(), "), got ", lam.scalar_type(), " on ",
+              lam.device());
+  const at::Tensor none;
+  const Params p{none, none, none, B_re, B_im, C_re, C_im, D};
+  const auto [H, N] = check_projections(op, "B_re", B_re, lam.sym_size(0), p);
+  return run_recurrence(op, u, lam, input_weight(p, at::Tensor(), H), output_weight(p, H), D, state, mask, reverse,
+                        B_re, H, N);
+}
+
 std::tuple<at::Tensor, at::Tensor> lru_step_composite(const at::Tensor& u_t, const at::Tensor& nu_log,
                                                       const at::Tensor& theta_log, const at::Tensor& gamma_log,
                                                       const at::Tensor& B_re, const at::Tensor& B_im,
@@ -170,12 +215,12 @@ std::tuple<at::Tensor, at::Tensor> lru_step_composite(const at::Tensor& u_t, con
   const Params p{nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D};
   const auto [H, N] = check_params(op, p);
   check_input(op, u_t, nu_log, H, 2, "(B, H)");
-  auto x = project_in(u_t, p, H, N);
+  auto x = project_in(u_t, input_weight(p, at::exp(gamma_log), H), nu_log.scalar_type(), N);
   if (has(state)) {
     check_state(op, *state, nu_log, u_t.sym_size(0), N);
     x = eigenvalues(p) * *state + x;
   }
-  return {project_out(x, u_t, p, H), x};
+  return {project_out(x, u_t, output_weight(p, H), D), x};
 }
 
 std::vector<at::Tensor> lru_init_composite(int64_t d_model, int64_t d_state, double r_min, double r_max,
@@ -228,6 +273,17 @@ std::tuple<at::Tensor, at::Tensor> lru_forward(const at::Tensor& u, const at::Te
   return op.call(u, nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D, state, mask, reverse);
 }
 
+std::tuple<at::Tensor, at::Tensor> diag_recurrence(const at::Tensor& u, const at::Tensor& lam, const at::Tensor& B_re,
+                                                   const at::Tensor& B_im, const at::Tensor& C_re,
+                                                   const at::Tensor& C_im, const std::optional<at::Tensor>& D,
+                                                   const std::optional<at::Tensor>& state,
+                                                   const std::optional<at::Tensor>& mask, bool reverse) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::diag_recurrence", "")
+                       .typed<decltype(diag_recurrence)>();
+  return op.call(u, lam, B_re, B_im, C_re, C_im, D, state, mask, reverse);
+}
+
 std::tuple<at::Tensor, at::Tensor> lru_step(const at::Tensor& u_t, const at::Tensor& nu_log,
                                             const at::Tensor& theta_log, const at::Tensor& gamma_log,
                                             const at::Tensor& B_re, const at::Tensor& B_im, const at::Tensor& C_re,
@@ -246,6 +302,9 @@ TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
       "lru(Tensor u, Tensor nu_log, Tensor theta_log, Tensor gamma_log, Tensor B_re, Tensor B_im, Tensor C_re, "
       "Tensor C_im, Tensor? D, Tensor? state=None, Tensor? mask=None, bool reverse=False) -> (Tensor, Tensor)");
   m.def(
+      "diag_recurrence(Tensor u, Tensor lam, Tensor B_re, Tensor B_im, Tensor C_re, Tensor C_im, Tensor? D, "
+      "Tensor? state=None, Tensor? mask=None, bool reverse=False) -> (Tensor, Tensor)");
+  m.def(
       "lru_step(Tensor u_t, Tensor nu_log, Tensor theta_log, Tensor gamma_log, Tensor B_re, Tensor B_im, "
       "Tensor C_re, Tensor C_im, Tensor? D, Tensor? state=None) -> (Tensor, Tensor)");
 }
@@ -253,6 +312,7 @@ TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
 TORCH_LIBRARY_IMPL(torch_lru, CompositeImplicitAutograd, m) {
   m.impl("lru_init", &lru_init_composite);
   m.impl("lru", &lru_composite);
+  m.impl("diag_recurrence", &diag_recurrence_composite);
   m.impl("lru_step", &lru_step_composite);
 }
 

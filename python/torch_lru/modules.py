@@ -171,7 +171,12 @@ class SequenceNorm(nn.Module):
 
 
 class LRUBlock(nn.Module):
-    """[pre-norm] -> LRU -> GELU -> dropout -> GLU -> dropout -> residual add -> [post-norm]."""
+    """[pre-norm] -> LRU -> GELU -> dropout -> GLU -> dropout -> residual add -> [post-norm].
+
+    ``layer`` swaps the LRU for another recurrent layer of torch_lru.variants (the paper's
+    ablation); everything around it stays the same. The LRU is the submodule ``lru``, any other
+    layer ``rnn``.
+    """
 
     def __init__(
         self,
@@ -184,11 +189,17 @@ class LRUBlock(nn.Module):
         norm: str = "batch",
         prenorm: bool = True,
         dropout: float = 0.0,
+        layer: str = "lru",
     ):
         super().__init__()
-        self.prenorm = prenorm
+        from .variants import check_layer, make_layer
+
+        self.prenorm, self.layer = prenorm, check_layer(layer)
         self.norm = SequenceNorm(d_model, norm)
-        self.lru = LRU(d_model, d_state, r_min, r_max, max_phase, bidirectional)
+        if layer == "lru":
+            self.lru = LRU(d_model, d_state, r_min, r_max, max_phase, bidirectional)
+        else:
+            self.rnn = make_layer(layer, d_model, d_state, r_min, r_max, max_phase, bidirectional)
         # GLU: value and gate from one H -> 2H product (first half value, second half gate).
         self.glu = nn.Linear(d_model, 2 * d_model)
         self.dropout = nn.Dropout(dropout)
@@ -199,11 +210,13 @@ class LRUBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         z = self.norm(x, mask) if self.prenorm else x
-        x = x + self._mix(self.lru(z, mask=mask))
+        x = x + self._mix((self.lru if self.layer == "lru" else self.rnn)(z, mask=mask))
         return x if self.prenorm else self.norm(x, mask)
 
     def step(self, x_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token ``x_t`` (B, H) -> ``(y_t, new_state)`` (norms use their running statistics)."""
+        if self.layer != "lru":
+            raise ValueError(f"LRUBlock.step: only the LRU steps token by token, this block's layer is {self.layer!r}")
         if self.training and self.norm.kind == "batch":
             raise ValueError("LRUBlock.step: BatchNorm needs running statistics; call .eval() first")
         norm = lambda t: self.norm(t.unsqueeze(1)).squeeze(1)  # noqa: E731
@@ -244,7 +257,7 @@ class LRUModel(nn.Module):
     The encoder is an embedding when ``vocab_size`` is given (inputs (B, L) token ids), else a linear
     map from ``d_input`` features (inputs (B, L, d_input)). With ``dual=True`` (LRA Retrieval) the
     model takes two sequences, encodes both with the same blocks and classifies the pair with a
-    :class:`RetrievalHead`.
+    :class:`RetrievalHead`. ``layer`` chooses the blocks' recurrent layer (torch_lru.variants.LAYERS).
     """
 
     def __init__(
@@ -264,6 +277,7 @@ class LRUModel(nn.Module):
         norm: str = "batch",
         prenorm: bool = True,
         dropout: float = 0.0,
+        layer: str = "lru",
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -273,7 +287,7 @@ class LRUModel(nn.Module):
         self.vocab_size, self.d_input, self.pooling, self.dual = vocab_size, d_input, pooling, dual
         self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size else nn.Linear(d_input, d_model)
         self.blocks = nn.ModuleList(
-            LRUBlock(d_model, d_state, r_min, r_max, max_phase, bidirectional, norm, prenorm, dropout)
+            LRUBlock(d_model, d_state, r_min, r_max, max_phase, bidirectional, norm, prenorm, dropout, layer)
             for _ in range(n_layers)
         )
         self.decoder = RetrievalHead(d_model, d_output) if dual else nn.Linear(d_model, d_output)

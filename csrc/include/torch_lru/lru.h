@@ -1,6 +1,6 @@
 // The LRU layer as functions of its parameters: the one implementation of the layer's math and of
-// its initialisation, registered as ops (torch.ops.torch_lru.lru_init / lru / lru_step) that the
-// Python module and the C++ module (torch_lru/modules.h) both call.
+// its initialisation, registered as ops (torch.ops.torch_lru.lru_init / lru / lru_step, and the
+// generic diag_recurrence) that the Python module and the C++ module (torch_lru/modules.h) call.
 //
 // Parameters (names and shapes shared by both modules and their checkpoints), for d_model H and
 // d_state N: nu_log, theta_log, gamma_log (N); B_re, B_im (N, H); C_re, C_im (H, N); D (H).
@@ -48,6 +48,17 @@ std::tuple<at::Tensor, at::Tensor> lru_forward(const at::Tensor& u, const at::Te
                                                const std::optional<at::Tensor>& state = std::nullopt,
                                                const std::optional<at::Tensor>& mask = std::nullopt,
                                                bool reverse = false);
+
+// The same layer for any eigenvalues lam (N,) (complex, of the parameters' complex dtype) and an
+// input matrix B = B_re + i B_im used as given (no gamma): x_k = lam * x_{k-1} + B u_k,
+// y_k = Re(C x_k) + D u_k. For recurrences parameterised otherwise than the LRU (ablations,
+// discretised state-space layers); same state, mask and reverse semantics as lru_forward.
+std::tuple<at::Tensor, at::Tensor> diag_recurrence(const at::Tensor& u, const at::Tensor& lam, const at::Tensor& B_re,
+                                                   const at::Tensor& B_im, const at::Tensor& C_re,
+                                                   const at::Tensor& C_im, const std::optional<at::Tensor>& D,
+                                                   const std::optional<at::Tensor>& state = std::nullopt,
+                                                   const std::optional<at::Tensor>& mask = std::nullopt,
+                                                   bool reverse = false);
 
 // One step of the recurrence for u_t (B, H): returns (y_t (B, H), new state (B, N)), in O(N H) per
 // row. Stepping through a sequence gives lru_forward's outputs to rounding.
