@@ -1,0 +1,131 @@
+"""The paper's ablation walk at a scale a small machine finishes: every recurrent layer of
+torch_lru.variants in the same block, on the same data, with the same budget, over several seeds.
+
+    scripts/python scripts/ablation.py --out runs/ablation [--tasks fmnist,listops] [--seeds 0,1,2]
+        [--layers tanh_rnn,...] [--steps 300] [--device cpu] [--listops-dir data/listops_small]
+        [--fmnist-dir /usr/share/datasets/fashion-mnist] [--set key=value ...]
+
+Each run is torch_lru.train on the task's reduced config (fmnist: a 2-layer model of width 32;
+listops: listops_small), with model.layer set; the schedule spans --steps. Writes OUT/results.json,
+OUT/table.md (mean +- std of test accuracy at the best validation checkpoint, per layer and task)
+and OUT/ablation.png (the paper's figure: accuracy per layer, S4D and S5 as dashed lines). Runs
+already finished (OUT/<task>/<layer>/seed<k>/summary.json) are reused.
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from torch_lru import train as training
+from torch_lru.variants import LAYERS
+
+WALK = ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "lru")  # the paper's order
+BASELINES = ("s4d", "s5")
+# The reduced model of each task: one budget for every layer.
+REDUCED = {
+    "fmnist": ("fmnist", ["model.d_model=32", "model.d_state=32", "model.n_layers=2", "train.batch_size=32"]),
+    "listops": ("listops_small", ["model.d_model=32", "model.d_state=32", "model.n_layers=2"]),
+}
+
+
+def run_one(task, layer, seed, args):
+    out = Path(args.out) / task / layer / f"seed{seed}"
+    done = out / "summary.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    name, overrides = REDUCED[task]
+    steps = args.steps
+    config = training.load_config(
+        name,
+        overrides + [f"model.layer={layer}", f"train.seed={seed}", f"train.eval_every={max(steps // 5, 1)}"] + args.set,
+    )
+    data_dir = args.fmnist_dir if task == "fmnist" else args.listops_dir
+    print(f"== {task} / {layer} / seed {seed}", flush=True)
+    try:
+        return training.train(config, out, data_dir, args.device, max_steps=steps, log=lambda *_: None)
+    except training.NonFiniteLoss as e:  # an unstable layer is a result too
+        summary = {"task": task, "failed": str(e), "test_accuracy": float("nan"), "best_val_accuracy": float("nan")}
+        out.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(summary))
+        return summary
+
+
+def stats(values):
+    finite = [v for v in values if v == v]
+    if not finite:
+        return float("nan"), float("nan"), len(values)
+    return statistics.mean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0, len(values) - len(finite)
+
+
+def plot(results, tasks, layers, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        walk = [name for name in layers if name in WALK]
+        means = [results[task][name]["mean"] for name in walk]
+        stds = [results[task][name]["std"] for name in walk]
+        ax.errorbar(range(len(walk)), means, yerr=stds, marker="o", capsize=3, label="recurrent-block walk")
+        for name, style in zip(BASELINES, ("--", ":")):
+            if name in results[task]:
+                ax.axhline(results[task][name]["mean"], linestyle=style, color="grey", label=name.upper())
+        ax.set_xticks(range(len(walk)), walk, rotation=20)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tasks", default="fmnist,listops")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--listops-dir", default="data/listops_small")
+    ap.add_argument("--fmnist-dir", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args()
+    tasks, layers = args.tasks.split(","), args.layers.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    results = {}
+    for task in tasks:
+        results[task] = {}
+        for layer in layers:
+            runs = [run_one(task, layer, seed, args) for seed in seeds]
+            mean, std, failed = stats([r["test_accuracy"] for r in runs])
+            results[task][layer] = {
+                "mean": mean,
+                "std": std,
+                "failed": failed,
+                "runs": len(runs),
+                "majority": runs[0].get("majority_test"),
+            }
+            print(f"{task:8} {layer:13} test accuracy {mean:.4f} +- {std:.4f} ({failed} failed of {len(runs)})")
+    out = Path(args.out)
+    (out / "results.json").write_text(json.dumps({"steps": args.steps, "seeds": seeds, "results": results}, indent=1))
+    lines = ["| layer | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for layer in layers:
+        cells = []
+        for task in tasks:
+            r = results[task][layer]
+            cell = f"{r['mean']:.3f} ± {r['std']:.3f}"
+            cells.append(cell + (f" ({r['failed']} of {r['runs']} diverged)" if r["failed"] else ""))
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(results, tasks, layers, out / "ablation.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
