@@ -11,6 +11,8 @@ text, retrieval, image, pathfinder, pathx, fmnist, listops_small; default: the t
 import argparse
 import sys
 
+import torch
+
 from torch_lru import train as training
 from torch_lru.lra.errors import DataError
 
@@ -37,6 +39,10 @@ def main():
         training.train(config, args.out, args.data_dir, args.device, args.max_steps, args.resume)
     except (DataError, training.NonFiniteLoss, FileNotFoundError) as e:
         sys.exit(f"train_lra.py: {e}")
+    finally:
+        # Under torchrun: shut the process group down before exit (gloo's threads abort otherwise).
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

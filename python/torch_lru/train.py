@@ -442,4 +442,6 @@ def train(
             f"best val accuracy {summary['best_val_accuracy']:.4f} at step {summary['best_step']}; test accuracy "
             f"{test_acc:.4f} (majority class: val {summary['majority_val']:.4f}, test {summary['majority_test']:.4f})"
         )
+    if size > 1:
+        dist.barrier()  # every rank leaves after rank 0 has written its files
     return summary
