@@ -16,13 +16,17 @@ from torch import nn
 PathLike = Union[str, os.PathLike]
 
 
-def save_state_dict(module: nn.Module, path: PathLike) -> None:
-    """Writes ``module``'s parameters and buffers to ``path`` (atomically: a temporary file, renamed)."""
+def atomic_save(obj, path: PathLike) -> None:
+    """torch.save to a temporary file beside ``path``, renamed over it: never half a file."""
     path = Path(path)
-    state = {name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
+    torch.save(obj, partial)
     os.replace(partial, path)
+
+
+def save_state_dict(module: nn.Module, path: PathLike) -> None:
+    """Writes ``module``'s parameters and buffers to ``path`` (atomically)."""
+    atomic_save({name: tensor.detach().cpu() for name, tensor in module.state_dict().items()}, path)
 
 
 def load_state_dict(module: nn.Module, path: PathLike, strict: bool = True):

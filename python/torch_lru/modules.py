@@ -22,6 +22,11 @@ NORM_KINDS = ("batch", "layer")
 POOLINGS = ("mean", "last")
 
 
+def eigenvalues(nu_log: torch.Tensor, theta_log: torch.Tensor) -> torch.Tensor:
+    """The LRU's lambda = exp(-exp(nu_log) + i exp(theta_log)), complex (N,)."""
+    return torch.polar(torch.exp(-torch.exp(nu_log)), torch.exp(theta_log))
+
+
 class LRU(nn.Module):
     """Linear Recurrent Unit (Orvieto et al., 2023) over real sequences ``u`` of shape (B, L, H).
 
@@ -83,8 +88,7 @@ class LRU(nn.Module):
 
     def eigenvalues(self, reverse: bool = False) -> torch.Tensor:
         """lambda (N,), complex."""
-        nu_log, theta_log = self.direction_parameters(reverse)[:2]
-        return torch.polar(torch.exp(-torch.exp(nu_log)), torch.exp(theta_log))
+        return eigenvalues(*self.direction_parameters(reverse)[:2])
 
     def forward(
         self,

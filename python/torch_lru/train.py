@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import save_state_dict
+from .checkpoint import atomic_save, save_state_dict
 from .lra import data as lra_data
 from .lra import tasks
 from .modules import LRUModel
@@ -130,12 +130,6 @@ def warmup_cosine(total_steps: int, warmup_fraction: float, floor: float):
 
 
 # ---- files ----
-
-
-def atomic_save(obj, path: Path) -> None:
-    partial = path.with_name(path.name + ".partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
 
 
 class Metrics:

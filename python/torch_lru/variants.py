@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .modules import LRU
+from .modules import LRU, eigenvalues
 
 LAYERS = ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "lru", "s5", "s4d")
 
@@ -44,17 +44,23 @@ def _directions(bidirectional: bool):
 
 
 class _DiagonalLayer(nn.Module):
-    """Shared by the diagonal variants: lambda and B from the subclass, C and D as in the LRU."""
+    """Shared by the diagonal variants: lambda and B from the subclass, C and D as in the LRU.
+    Parameters of the reverse direction carry the suffix ``_rev``."""
 
     def __init__(self, d_model: int, d_state: int, bidirectional: bool):
         super().__init__()
         self.d_model, self.d_state, self.bidirectional = d_model, d_state, bidirectional
         for reverse in _directions(bidirectional):
-            suffix = "_rev" if reverse else ""
             c_re, c_im = _complex_normal((d_model, d_state), 1 / math.sqrt(d_state))
-            self.register_parameter("C_re" + suffix, nn.Parameter(c_re))
-            self.register_parameter("C_im" + suffix, nn.Parameter(c_im))
+            self._register(reverse, C_re=c_re, C_im=c_im)
         self.D = nn.Parameter(torch.randn(d_model))
+
+    def _register(self, reverse: bool, **values: torch.Tensor) -> None:
+        for name, value in values.items():
+            self.register_parameter(name + ("_rev" if reverse else ""), nn.Parameter(value))
+
+    def _get(self, reverse: bool, *names: str):
+        return tuple(getattr(self, name + ("_rev" if reverse else "")) for name in names)
 
     def discretised(self, reverse: bool):
         """(lambda (N,) complex, B_re (N, H), B_im (N, H)) of one direction."""
@@ -63,13 +69,18 @@ class _DiagonalLayer(nn.Module):
     def forward(self, u: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = None
         for reverse in _directions(self.bidirectional):
-            suffix = "_rev" if reverse else ""
             lam, b_re, b_im = self.discretised(reverse)
-            C_re, C_im = getattr(self, "C_re" + suffix), getattr(self, "C_im" + suffix)
+            C_re, C_im = self._get(reverse, "C_re", "C_im")
             D = None if reverse else self.D
             out, _ = torch.ops.torch_lru.diag_recurrence(u, lam, b_re, b_im, C_re, C_im, D, None, mask, reverse)
             y = out if y is None else y + out
         return y
+
+
+def _ring(d_model, d_state, r_min, r_max, max_phase):
+    """nu_log, theta_log, B_re, B_im as the LRU draws them (its gamma, C and D are not used)."""
+    nu_log, theta_log, _, b_re, b_im, *_ = ops.lru_init(d_model, d_state, r_min, r_max, max_phase)
+    return nu_log, theta_log, b_re, b_im
 
 
 class DiagComplex(_DiagonalLayer):
@@ -78,18 +89,13 @@ class DiagComplex(_DiagonalLayer):
     def __init__(self, d_model, d_state, r_min=0.0, r_max=1.0, max_phase=2 * math.pi, bidirectional=False):
         super().__init__(d_model, d_state, bidirectional)
         for reverse in _directions(bidirectional):
-            suffix = "_rev" if reverse else ""
-            nu_log, theta_log, _, b_re, b_im, *_ = ops.lru_init(d_model, d_state, r_min, r_max, max_phase)
-            lam = torch.polar(torch.exp(-torch.exp(nu_log)), torch.exp(theta_log))
-            self.register_parameter("lam_re" + suffix, nn.Parameter(lam.real.clone()))
-            self.register_parameter("lam_im" + suffix, nn.Parameter(lam.imag.clone()))
-            self.register_parameter("B_re" + suffix, nn.Parameter(b_re))
-            self.register_parameter("B_im" + suffix, nn.Parameter(b_im))
+            nu_log, theta_log, b_re, b_im = _ring(d_model, d_state, r_min, r_max, max_phase)
+            lam = eigenvalues(nu_log, theta_log)
+            self._register(reverse, lam_re=lam.real.clone(), lam_im=lam.imag.clone(), B_re=b_re, B_im=b_im)
 
     def discretised(self, reverse):
-        s = "_rev" if reverse else ""
-        lam = torch.complex(getattr(self, "lam_re" + s), getattr(self, "lam_im" + s))
-        return lam, getattr(self, "B_re" + s), getattr(self, "B_im" + s)
+        lam_re, lam_im, b_re, b_im = self._get(reverse, "lam_re", "lam_im", "B_re", "B_im")
+        return torch.complex(lam_re, lam_im), b_re, b_im
 
 
 class DiagExp(_DiagonalLayer):
@@ -98,16 +104,12 @@ class DiagExp(_DiagonalLayer):
     def __init__(self, d_model, d_state, r_min=0.0, r_max=1.0, max_phase=2 * math.pi, bidirectional=False):
         super().__init__(d_model, d_state, bidirectional)
         for reverse in _directions(bidirectional):
-            suffix = "_rev" if reverse else ""
-            nu_log, theta_log, _, b_re, b_im, *_ = ops.lru_init(d_model, d_state, r_min, r_max, max_phase)
-            for name, value in (("nu_log", nu_log), ("theta_log", theta_log), ("B_re", b_re), ("B_im", b_im)):
-                self.register_parameter(name + suffix, nn.Parameter(value))
+            nu_log, theta_log, b_re, b_im = _ring(d_model, d_state, r_min, r_max, max_phase)
+            self._register(reverse, nu_log=nu_log, theta_log=theta_log, B_re=b_re, B_im=b_im)
 
     def discretised(self, reverse):
-        s = "_rev" if reverse else ""
-        nu_log, theta_log = getattr(self, "nu_log" + s), getattr(self, "theta_log" + s)
-        lam = torch.polar(torch.exp(-torch.exp(nu_log)), torch.exp(theta_log))
-        return lam, getattr(self, "B_re" + s), getattr(self, "B_im" + s)
+        nu_log, theta_log, b_re, b_im = self._get(reverse, "nu_log", "theta_log", "B_re", "B_im")
+        return eigenvalues(nu_log, theta_log), b_re, b_im
 
 
 def zoh(Lambda: torch.Tensor, log_step: torch.Tensor, B: torch.Tensor):
@@ -137,22 +139,23 @@ class _ZOHLayer(_DiagonalLayer):
     def __init__(self, d_model, d_state, Lambda, B, bidirectional=False, dt_min=1e-3, dt_max=1e-1):
         super().__init__(d_model, d_state, bidirectional)
         for reverse in _directions(bidirectional):
-            suffix = "_rev" if reverse else ""
             log_step = torch.rand(d_state) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-            self.register_parameter("a_log" + suffix, nn.Parameter(torch.log(-Lambda.real).float()))
-            self.register_parameter("omega" + suffix, nn.Parameter(Lambda.imag.float().clone()))
-            self.register_parameter("log_step" + suffix, nn.Parameter(log_step))
-            self.register_parameter("B_re" + suffix, nn.Parameter(B.real.float().clone()))
-            self.register_parameter("B_im" + suffix, nn.Parameter(B.imag.float().clone()))
+            self._register(
+                reverse,
+                a_log=torch.log(-Lambda.real).float(),
+                omega=Lambda.imag.float().clone(),
+                log_step=log_step,
+                B_re=B.real.float().clone(),
+                B_im=B.imag.float().clone(),
+            )
 
     def continuous(self, reverse):
-        s = "_rev" if reverse else ""
-        Lambda = torch.complex(-torch.exp(getattr(self, "a_log" + s)), getattr(self, "omega" + s))
-        return Lambda, torch.complex(getattr(self, "B_re" + s), getattr(self, "B_im" + s))
+        a_log, omega, b_re, b_im = self._get(reverse, "a_log", "omega", "B_re", "B_im")
+        return torch.complex(-torch.exp(a_log), omega), torch.complex(b_re, b_im)
 
     def discretised(self, reverse):
         Lambda, B = self.continuous(reverse)
-        lam, b_bar = zoh(Lambda, getattr(self, "log_step" + ("_rev" if reverse else "")), B)
+        lam, b_bar = zoh(Lambda, *self._get(reverse, "log_step"), B)
         return lam, b_bar.real, b_bar.imag
 
 
