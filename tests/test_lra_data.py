@@ -82,6 +82,22 @@ def test_listops_files_round_trip_through_the_reader(tmp_path):
     assert splits["train"].labels[0] == int(first[1])
 
 
+def test_row_limits_keep_the_same_fixed_subset_in_every_run(tmp_path):
+    listops.write_splits(tmp_path, (30, 8, 8), seed=1, min_length=10, max_length=80)
+    full = tasks.load_splits("listops", tmp_path, cache_dir=tmp_path / "cache")
+    opts = {"train_rows": 12, "test_rows": 5, "val_rows": 100}
+    a = tasks.load_splits("listops", tmp_path, opts, cache_dir=tmp_path / "cache")
+    b = tasks.load_splits("listops", tmp_path, dict(opts), cache_dir=tmp_path / "cache")
+    assert [len(a[s]) for s in ("train", "val", "test")] == [12, 8, 5]  # a limit above the size keeps all
+    for name in ("train", "test"):
+        rows = [a[name].item(i).tolist() for i in range(len(a[name]))]
+        assert rows == [b[name].item(i).tolist() for i in range(len(b[name]))]
+        every = [full[name].item(i).tolist() for i in range(len(full[name]))]
+        assert all(r in every for r in rows) and len({tuple(r) for r in rows}) == len(rows)
+    with pytest.raises(ValueError, match="data.val_rows must be >= 1"):
+        tasks.load_splits("listops", tmp_path, {"val_rows": 0}, cache_dir=tmp_path / "cache")
+
+
 @pytest.mark.parametrize(
     "content, problem, line",
     [

@@ -13,6 +13,9 @@ Layouts (as the LRA release archive unpacks, or as scripts/make_lra_data.py writ
               dataset-fashion-mnist, /usr/share/datasets/fashion-mnist); last 10% of train = val
 - pathfinder, pathx: DIR/metadata/*.npy (text lines: folder, file name, _, label) and the PNGs
               they name; a seeded 80/10/10 split
+
+Every task also takes data.{train,val,test}_rows: keep that many rows of the split (a fixed-seed
+subset, the same in every run), for budgets on small machines.
 """
 
 import csv
@@ -302,4 +305,18 @@ def load_splits(task: str, data_dir, options: dict = None, cache_dir=None) -> di
     data_dir = Path(data_dir) if data_dir else (FMNIST_DEBIAN if task == "fmnist" else None)
     if data_dir is None:
         raise ValueError(f"task {task!r} needs --data-dir")
-    return READERS[task](data_dir, dict(options or {}), cache_dir)
+    opts = dict(options or {})
+    limits = {name: opts.pop(f"{name}_rows", None) for name in ("train", "val", "test")}
+    splits = READERS[task](data_dir, opts, cache_dir)
+    return {name: _limit_rows(split, limits[name], name) for name, split in splits.items()}
+
+
+def _limit_rows(split: Split, rows, name: str) -> Split:
+    """At most ``rows`` rows of a split (data.<name>_rows), drawn with a fixed seed so that every run
+    that sets the same limit sees the same rows; a budget for small machines, reported as such."""
+    if rows is None or int(rows) >= len(split):
+        return split
+    if int(rows) < 1:
+        raise ValueError(f"data.{name}_rows must be >= 1, got {rows}")
+    index = np.sort(np.random.default_rng(0).choice(len(split), size=int(rows), replace=False))
+    return split.subset(index)
