@@ -1,81 +1,165 @@
-// CUDA kernels of the scan ops: a first, simple version, one thread per (batch row, channel)
-// walking the whole sequence. Correct for every case of the contract; parallel over B x N only.
-// The math (step direction, conjugate coefficients) is the shared header's, as on the CPU.
+// CUDA kernels of the scan ops: one single-pass tiled scan with decoupled look-back, parallel over
+// batch rows, channels and L (a single long sequence fills the GPU), for the forward and the
+// backward alike. The per-thread math, the tile geometry and the two problems are the shared
+// header's (torch_lru/scan_tiles.h), tested on the CPU; this file holds the thread mapping, shared
+// memory, the status flags and the launchers.
+//
+// Memory traffic: x is read once into registers and h written once; the tile statuses add about
+// (4 + 3 * sizeof(T)) bytes per 128-step tile and channel (under 2% of the data).
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cub/thread/thread_load.cuh>
+#include <cub/thread/thread_store.cuh>
+#include <cuda/atomic>
+#include <limits>
+
 #include "ops/scan_checks.h"
-#include "torch_lru/scan_combine.h"
+#include "torch_lru/scan_tiles.h"
 
 namespace torch_lru {
 namespace {
 
-constexpr int kThreads = 256;
-
-// Contiguous (B, L, N) problem seen by one thread: channel n of batch row b.
-struct Lane {
-  int64_t b, n, L, N;
-  bool reverse;
-  __device__ int64_t offset(int64_t s) const { return (b * L + time_index(s, L, reverse)) * N + n; }
-  __device__ int64_t step() const { return reverse ? -N : N; }
+// Where tiles publish, per (tile, lane): the status flag, the aggregate map and the end state;
+// and the counter that hands out tile ids in order.
+template <typename T>
+struct TileStatusArrays {
+  int* flag;
+  Affine<T>* aggregate;
+  T* end_state;
+  unsigned int* counter;
 };
 
-template <typename T, bool kPerStep>
-__global__ void scan_forward_kernel(const T* __restrict__ lam, const T* __restrict__ x, const T* __restrict__ h0,
-                                    T* __restrict__ h, int64_t B, int64_t L, int64_t N, bool reverse) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * N) return;
-  const Lane lane{i / N, i % N, L, N, reverse};
-  const int64_t step = lane.step();
-  int64_t off = lane.offset(0);
-  T carry = h0 != nullptr ? h0[i] : T(0);
-  const T a_const = kPerStep ? T(0) : lam[lane.n];
-  for (int64_t s = 0; s < L; ++s, off += step) {
-    carry = Affine<T>{kPerStep ? lam[off] : a_const, x[off]}.apply(carry);
-    h[off] = carry;
-  }
+using DeviceFlag = cuda::atomic_ref<int, cuda::thread_scope_device>;
+
+// Statuses are written by other blocks: read them from L2 (cache-global), never a stale L1 line.
+template <typename T>
+__device__ inline T load_published(T* p) {
+  return cub::ThreadLoad<cub::LOAD_CG>(p);
 }
 
-// Backward: d_k = g_k + conj(a_{k+1}) d_{k+1}, walked against the forward's direction;
-// grad_x = d, grad_a_k = conj(h_{k-1}) d_k, grad_h0 = conj(a_0) d_0. Time-invariant grad_lam is
-// left per (b, n) in `glam_rows` and summed over B afterwards (no atomics: deterministic).
-template <typename T, bool kPerStep>
-__global__ void scan_backward_kernel(const T* __restrict__ g, const T* __restrict__ lam, const T* __restrict__ h,
-                                     const T* __restrict__ h0, T* __restrict__ gx, T* __restrict__ glam,
-                                     T* __restrict__ glam_rows, T* __restrict__ gh0, int64_t B, int64_t L, int64_t N,
-                                     bool reverse) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * N) return;
-  const Lane lane{i / N, i % N, L, N, !reverse};  // backward step s is the forward's step L-1-s
-  const int64_t step = lane.step();
-  const T a_const = kPerStep ? T(0) : lam[lane.n];
-  const T h_first = h0 != nullptr ? h0[i] : T(0);
-  const bool grad_lam = glam != nullptr || glam_rows != nullptr;
-  T d(0), acc(0), a_prev(0);
-  int64_t off = lane.offset(0);
-  for (int64_t s = 0; s < L; ++s, off += step) {
-    // Coefficient of step s: conj(a) of step s-1 (unused at s = 0, where the carry is zero).
-    d = s == 0 ? g[off] : Affine<T>{conj_value(a_prev), g[off]}.apply(d);
-    a_prev = kPerStep ? lam[off] : a_const;
-    gx[off] = d;
-    if (grad_lam) {
-      const T ga = conj_value(s == L - 1 ? h_first : h[off + step]) * d;
-      if (kPerStep) {
-        glam[off] = ga;
-      } else {
-        acc += ga;
+// Waits for predecessor `slot` to publish; in deterministic mode for its end state only, so that
+// every carry is formed the same way in every run (at the cost of serialising each chain).
+__device__ inline int wait_for(int* flag, bool deterministic) {
+  DeviceFlag f(*flag);
+  int status = f.load(cuda::memory_order_acquire);
+  while (status == kTileEmpty || (deterministic && status != kTilePrefix)) {
+    __nanosleep(64);
+    status = f.load(cuda::memory_order_acquire);
+  }
+  return status;
+}
+
+template <typename Traits, typename T, typename Steps>
+__global__ void __launch_bounds__(Traits::kThreads)
+    tiled_scan_kernel(const Steps steps, const TileGrid grid, const TileStatusArrays<T> status, T* lam_partial,
+                      const bool deterministic) {
+  constexpr int C = Traits::kChannels, S = Traits::kSegments, I = Traits::kItems;
+  // Raw storage: c10::complex has constructors, which __shared__ variables may not.
+  __shared__ unsigned int tile_id;
+  __shared__ alignas(Affine<T>) unsigned char maps_bytes[S * C * sizeof(Affine<T>)];
+  __shared__ alignas(T) unsigned char carry_bytes[C * sizeof(T)];
+  __shared__ alignas(T) unsigned char share_bytes[Steps::kReducesLam ? S * C * sizeof(T) : 1];
+  auto* maps = reinterpret_cast<Affine<T>*>(maps_bytes);  // [segment][lane]
+  auto* carry = reinterpret_cast<T*>(carry_bytes);
+  auto* shares = reinterpret_cast<T*>(share_bytes);
+
+  const int lane = threadIdx.x, seg = threadIdx.y;
+  if (lane == 0 && seg == 0) tile_id = atomicAdd(status.counter, 1u);  // claim order = id order
+  __syncthreads();
+  const TileCoords tile = TileCoords::of(grid, tile_id);
+  const int64_t b = tile.batch, n = tile.channel0 + lane;
+  const bool live = n < grid.N;
+  const int64_t s0 = tile.segment_begin(grid, seg, I);
+
+  T a[I], x[I];
+  maps[seg * C + lane] = live ? load_segment<I>(steps, b, n, s0, a, x) : Affine<T>::identity();
+  __syncthreads();
+
+  if (seg == 0 && live) {  // one warp resolves the tile's carry-in, a lane per channel
+    Affine<T> total = Affine<T>::identity();
+    for (int j = 0; j < S; ++j) total = combine(total, maps[j * C + lane]);
+    const int64_t slot = tile.id * C + lane;
+    T carry_in;
+    if (tile.chunk == 0) {
+      carry_in = steps.initial(b, n);
+    } else {
+      if (!deterministic) {
+        status.aggregate[slot] = total;
+        DeviceFlag(status.flag[slot]).store(kTileAggregate, cuda::memory_order_release);
+      }
+      Affine<T> acc = Affine<T>::identity();
+      for (int64_t j = tile.predecessor(grid);; j -= grid.chains()) {
+        const int64_t pred = j * C + lane;
+        const int st = wait_for(&status.flag[pred], deterministic);
+        const bool prefix = st == kTilePrefix;
+        const Affine<T> agg = prefix ? Affine<T>::identity() : load_published(&status.aggregate[pred]);
+        const T end = prefix ? load_published(&status.end_state[pred]) : T(0);
+        if (lookback_fold(st, agg, end, acc, carry_in)) break;
       }
     }
+    if (tile.chunk + 1 < grid.chunks()) {
+      status.end_state[slot] = total.apply(carry_in);
+      DeviceFlag(status.flag[slot]).store(kTilePrefix, cuda::memory_order_release);
+    }
+    carry[lane] = carry_in;
   }
-  if (!kPerStep && glam_rows != nullptr) glam_rows[i] = acc;
-  if (gh0 != nullptr) gh0[i] = conj_value(a_prev) * d;  // a_prev is now a_0
+  __syncthreads();
+
+  T share(0);
+  if (live) {
+    const T state = segment_carry(
+        carry[lane], [&](int j) { return maps[j * C + lane]; }, seg);
+    share = scan_segment<I>(steps, b, n, s0, a, x, state);
+  }
+  if constexpr (Steps::kReducesLam) {
+    shares[seg * C + lane] = share;
+    __syncthreads();
+    if (seg == 0 && live && lam_partial != nullptr) {  // fixed order: the reduction is deterministic
+      T sum(0);
+      for (int j = 0; j < S; ++j) sum += shares[j * C + lane];
+      lam_partial[(b * grid.chunks() + tile.chunk) * grid.N + n] = sum;
+    }
+  }
 }
 
-unsigned int grid_for(int64_t lanes) { return static_cast<unsigned int>((lanes + kThreads - 1) / kThreads); }
+// The tiles of a problem for dtype T, checked against the launch limits.
+template <typename T>
+TileGrid tile_grid(int64_t B, int64_t L, int64_t N) {
+  using Traits = ScanTileTraits<T>;
+  const TileGrid grid{B, L, N, Traits::kChannels, Traits::kSteps};
+  TORCH_CHECK(grid.tiles() <= std::numeric_limits<int>::max(), "torch_lru::scan: (B, L, N) = (", B, ", ", L, ", ", N,
+              ") needs ", grid.tiles(), " tiles, more than one launch can hold");
+  return grid;
+}
+
+// Launches the tiled scan of `steps` over `grid` on the current stream; `lam_partial` receives the
+// (B, chunks, N) partial sums of a reduced grad_lam when Steps has one.
+template <typename T, typename Steps>
+void launch_tiled_scan(const Steps& steps, const TileGrid& grid, const at::Tensor& like, T* lam_partial) {
+  using Traits = ScanTileTraits<T>;
+  const int64_t slots = grid.tiles() * Traits::kChannels;
+  // Flags and the counter must start at zero; aggregates and end states are read only after their
+  // flag is set.
+  auto flags = at::zeros({slots + 1}, like.options().dtype(at::kInt));
+  auto values =
+      at::empty({slots * static_cast<int64_t>(sizeof(Affine<T>) + sizeof(T))}, like.options().dtype(at::kByte));
+  auto* bytes = values.mutable_data_ptr<uint8_t>();
+  const TileStatusArrays<T> status{flags.mutable_data_ptr<int>(), reinterpret_cast<Affine<T>*>(bytes),
+                                   reinterpret_cast<T*>(bytes + slots * sizeof(Affine<T>)),
+                                   reinterpret_cast<unsigned int*>(flags.mutable_data_ptr<int>() + slots)};
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  const dim3 block(Traits::kChannels, Traits::kSegments);
+  tiled_scan_kernel<Traits, T, Steps>
+      <<<static_cast<unsigned int>(grid.tiles()), block, 0, at::cuda::getCurrentCUDAStream()>>>(
+          steps, grid, status, lam_partial, deterministic);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
                           at::Tensor& h) {
@@ -87,13 +171,18 @@ at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std:
   const auto x_c = x.contiguous();
   const auto h0_c = h0.has_value() && h0->defined() ? h0->contiguous() : at::Tensor();
   const int64_t B = x.size(0), L = x.size(1), N = x.size(2);
-  auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(x.scalar_type(), "torch_lru::scan", [&] {
-    auto kernel = lam_is_per_step(lam) ? &scan_forward_kernel<scalar_t, true> : &scan_forward_kernel<scalar_t, false>;
-    kernel<<<grid_for(B * N), kThreads, 0, stream>>>(lam_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
-                                                     h0_c.defined() ? h0_c.const_data_ptr<scalar_t>() : nullptr,
-                                                     h.mutable_data_ptr<scalar_t>(), B, L, N, reverse);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using T = scalar_t;
+    const T* h0_ptr = h0_c.defined() ? h0_c.const_data_ptr<T>() : nullptr;
+    const auto grid = tile_grid<T>(B, L, N);
+    auto run = [&](auto steps) { launch_tiled_scan<T>(steps, grid, x, nullptr); };
+    if (lam_is_per_step(lam)) {
+      run(ForwardSteps<T, true>{lam_c.const_data_ptr<T>(), x_c.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), L,
+                                N, reverse});
+    } else {
+      run(ForwardSteps<T, false>{lam_c.const_data_ptr<T>(), x_c.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), L,
+                                 N, reverse});
+    }
   });
   return h;
 }
@@ -114,22 +203,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
   const bool has_h0 = h0.has_value() && h0->defined();
   const bool per_step = lam_is_per_step(lam);
   const int64_t B = h.size(0), L = h.size(1), N = h.size(2);
-  auto glam_rows = mask[0] && !per_step ? at::empty({B, N}, h.options()) : at::Tensor();
   const auto g_c = grad_h.contiguous();
   const auto lam_c = lam.contiguous();
   const auto h_c = h.contiguous();
   const auto h0_c = has_h0 ? h0->contiguous() : at::Tensor();
-  auto stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor lam_partial;  // (B, chunks, N) for a time-invariant grad_lam, summed below (no atomics)
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
-    auto kernel = per_step ? &scan_backward_kernel<scalar_t, true> : &scan_backward_kernel<scalar_t, false>;
-    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
-    kernel<<<grid_for(B * N), kThreads, 0, stream>>>(
-        g_c.const_data_ptr<scalar_t>(), lam_c.const_data_ptr<scalar_t>(), h_c.const_data_ptr<scalar_t>(),
-        has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, out.grad_x.mutable_data_ptr<scalar_t>(),
-        per_step ? ptr(out.grad_lam) : nullptr, ptr(glam_rows), ptr(out.grad_h0), B, L, N, reverse);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    using T = scalar_t;
+    const auto grid = tile_grid<T>(B, L, N);
+    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<T>() : nullptr; };
+    const T* h0_ptr = has_h0 ? h0_c.const_data_ptr<T>() : nullptr;
+    if (per_step) {
+      const BackwardSteps<T, true> steps{g_c.const_data_ptr<T>(),
+                                         lam_c.const_data_ptr<T>(),
+                                         h_c.const_data_ptr<T>(),
+                                         h0_ptr,
+                                         out.grad_x.mutable_data_ptr<T>(),
+                                         ptr(out.grad_lam),
+                                         ptr(out.grad_h0),
+                                         L,
+                                         N,
+                                         reverse,
+                                         mask[0]};
+      launch_tiled_scan<T>(steps, grid, h, nullptr);
+    } else {
+      if (mask[0]) lam_partial = at::empty({B, grid.chunks(), N}, h.options());
+      const BackwardSteps<T, false> steps{g_c.const_data_ptr<T>(),
+                                          lam_c.const_data_ptr<T>(),
+                                          h_c.const_data_ptr<T>(),
+                                          h0_ptr,
+                                          out.grad_x.mutable_data_ptr<T>(),
+                                          nullptr,
+                                          ptr(out.grad_h0),
+                                          L,
+                                          N,
+                                          reverse,
+                                          mask[0]};
+      launch_tiled_scan<T>(steps, grid, h, ptr(lam_partial));
+    }
   });
-  if (glam_rows.defined()) at::sum_out(out.grad_lam, glam_rows, {0});
+  if (lam_partial.defined()) at::sum_out(out.grad_lam, lam_partial, at::IntArrayRef{0, 1});
   return out.result();
 }
 

@@ -178,16 +178,26 @@ def test_empty(device, shape, per_step):
         assert t.grad is not None and t.grad.shape == t.shape and not t.grad.abs().sum()
 
 
-def test_deterministic(device):
-    lam, x, h0 = make_inputs(4, 3000, 5, torch.complex64, device, seed=11)
+@pytest.mark.parametrize("per_step", [False, True])
+def test_deterministic(device, per_step):
+    # The CUDA look-back may meet a predecessor's aggregate or its end state, which rounds
+    # differently; torch.use_deterministic_algorithms(True) makes every carry come the same way.
+    lam, x, h0 = make_inputs(4, 3000, 40, torch.complex64, device, per_step, seed=11)
     for t in (lam, x, h0):
         t.requires_grad_()
     runs = []
-    for _ in range(2):
-        out = torch_lru.scan(lam, x, h0)
-        runs.append((out, *torch.autograd.grad(out.abs().sum(), (lam, x, h0))))
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(3):
+            out = torch_lru.scan(lam, x, h0)
+            runs.append((out, *torch.autograd.grad(out.abs().sum(), (lam, x, h0))))
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+    assert_close_to_reference(runs[0][0], reference(lam.detach(), x.detach(), h0.detach(), False), torch.complex64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,7 +399,7 @@ def poison_cuda_cache(nbytes=1 << 28):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_cuda_matches_cpu(cuda, dtype, per_step, reverse):
     seed = int(torch.randint(0, 2**31 - 1, ()).item())  # fresh inputs on every run
-    for B, L, N in [(1, 1, 1), (3, 1000, 5), (2, 4097, 130), (1, 70_000, 2)]:
+    for B, L, N in [(1, 1, 1), (3, 1000, 5), (2, 4097, 130), (1, 70_000, 2), (1, 1 << 22, 1), (2, 300, 4096)]:
         lam, x, h0 = make_inputs(B, L, N, dtype, "cpu", per_step, seed=seed)
         g = torch.randn(B, L, N, dtype=WIDE[dtype]).to(dtype)
         want_h = torch_lru.scan(lam, x, h0, reverse)
@@ -399,7 +409,10 @@ def test_cuda_matches_cpu(cuda, dtype, per_step, reverse):
         got_h = torch_lru.scan(dev[0], dev[1], dev[2], reverse)
         got = torch.ops.torch_lru.scan_backward(dev[3], dev[0], got_h, dev[2], reverse, [True, True, True])
         single = dtype in (torch.float32, torch.complex64)
-        for a, b in zip((got_h, *got), (want_h, *want)):
+        for i, (a, b) in enumerate(zip((got_h, *got), (want_h, *want))):
             assert not a.isnan().any(), f"unwritten output (seed {seed})"
             scale = max(b.abs().max().item(), 1.0)
-            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=(1e-4 if single else 1e-11) * scale, msg=f"seed {seed}")
+            tol = (1e-4 if single else 1e-11) * scale
+            if i == 1 and not per_step:  # a sum over B x L, in another order than the CPU's
+                tol *= max(1.0, (B * L / 4096) ** 0.5)
+            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=tol, msg=f"seed {seed}, (B, L, N) = {(B, L, N)}")
