@@ -6,11 +6,20 @@ Like is timed with like: "alloc" rows allocate their output on every call (scan 
 the fewest bytes each pass must move: forward reads x and writes h; backward reads grad_h and h and
 writes grad_x (the per-channel grad_lam is negligible).
 
-    scripts/python scripts/bench_scan.py [--device cpu|cuda] [--quick] [--plot PATH] [--json PATH]
+Peers, each timed on inputs prepared once (the friendliest terms for them) and checked against the
+op before it is timed: jax.lax.associative_scan with the LRU's binary operator under jax.jit (the
+paper's and S5's method; skipped where JAX is absent), torch's associative_scan under torch.compile
+(combine_mode="pointwise", on real and imaginary parts since Triton has no complex type; GPU only),
+and an FFT convolution with the kernel lam^k (time-invariant lam only). "speed-up vs P" is P's time
+over the op's, forward and forward+backward.
+
+    scripts/python scripts/bench_scan.py [--device cpu|cuda] [--quick] [--peers jax,torch_assoc,fft]
+        [--plot PATH] [--json PATH]
 """
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -44,7 +53,110 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def bench_size(B, L, N, device):
+# ---- peers: each returns (forward, forward+backward or None) callables on prepared inputs ----
+
+
+class Skip(Exception):
+    pass
+
+
+def peer_fft(lam, x, g):
+    """h = x conv lam^k along L, by FFTs of length 2L."""
+    L = x.shape[1]
+    kernel = lam.unsqueeze(0) ** torch.arange(L, device=x.device, dtype=torch.float32).unsqueeze(1)
+
+    def forward(lam_, x_):
+        k = kernel if lam_ is lam else lam_.unsqueeze(0) ** torch.arange(L, device=x.device).unsqueeze(1)
+        spec = torch.fft.fft(x_, n=2 * L, dim=1) * torch.fft.fft(k, n=2 * L, dim=0)
+        return torch.fft.ifft(spec, dim=1)[:, :L]
+
+    lam_r, x_r = lam.clone().requires_grad_(), x.clone().requires_grad_()
+
+    def fwd_bwd():
+        torch.autograd.grad(forward(lam_r, x_r), (lam_r, x_r), g)
+
+    return (lambda: forward(lam, x)), fwd_bwd
+
+
+def peer_torch_assoc(lam, x, g):
+    if x.device.type != "cuda":
+        raise Skip("combine_mode='pointwise' needs Triton on a GPU")
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    def combine(first, second):  # (a1, b1) then (a2, b2) = (a2 a1, a2 b1 + b2), on (re, im) parts
+        ar, ai, br, bi = first
+        cr, ci, dr, di = second
+        return cr * ar - ci * ai, cr * ai + ci * ar, cr * br - ci * bi + dr, cr * bi + ci * br + di
+
+    @torch.compile(fullgraph=True, dynamic=False)
+    def run(ar, ai, br, bi):
+        return associative_scan(combine, (ar, ai, br, bi), dim=1, combine_mode="pointwise")[2:]
+
+    a = lam.expand_as(x)
+    parts = [t.contiguous() for t in (a.real, a.imag, x.real, x.imag)]
+    forward = lambda: run(*parts)  # noqa: E731
+    grads = [t.clone().requires_grad_() for t in parts]
+
+    def fwd_bwd():
+        hr, hi = run(*grads)
+        torch.autograd.grad((hr, hi), grads, (g.real, g.imag))
+
+    try:
+        fwd_bwd()
+    except Exception as e:  # the higher-order op's autograd is young; time the forward alone then
+        log(f"  torch_assoc backward unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        fwd_bwd = None
+    return forward, fwd_bwd
+
+
+def peer_jax(lam, x, g):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as e:
+        raise Skip(f"JAX not installed ({e})") from None
+    platform = "gpu" if x.device.type == "cuda" else "cpu"
+    try:
+        dev = jax.devices(platform)[0]
+    except RuntimeError as e:
+        raise Skip(f"JAX has no {platform} device ({e})") from None
+
+    def combine(first, second):
+        return second[0] * first[0], second[0] * first[1] + second[1]
+
+    def scan(lam_, x_):
+        return jax.lax.associative_scan(combine, (jnp.broadcast_to(lam_, x_.shape), x_), axis=1)[1]
+
+    fwd = jax.jit(scan)
+
+    @jax.jit
+    def vjp(lam_, x_, g_):
+        h, pull = jax.vjp(scan, lam_, x_)
+        return pull(jnp.conj(g_))  # JAX's cotangent convention is torch's conjugated
+
+    put = lambda t: jax.device_put(t.cpu().numpy(), dev)  # noqa: E731
+    lam_j, x_j, g_j = put(lam), put(x), put(g)
+    return (
+        (lambda: fwd(lam_j, x_j).block_until_ready()),
+        (lambda: jax.block_until_ready(vjp(lam_j, x_j, g_j))),
+        (lambda: torch.from_numpy(jax.device_get(fwd(lam_j, x_j)).copy())),
+    )
+
+
+PEERS = {"jax": peer_jax, "torch_assoc": peer_torch_assoc, "fft": peer_fft}
+
+
+def check_peer(name, out, want):
+    """A peer is timed only if it computes the same h (to its own precision)."""
+    got = out.to(want.device) if isinstance(out, torch.Tensor) else torch.complex(*out).to(want.device)
+    err = ((got - want).abs().max() / want.abs().max().clamp_min(1)).item()
+    if not err < 1e-3:
+        raise Skip(f"its output differs from the op's (max relative error {err:.2e})")
+    return err
+
+
+def bench_size(B, L, N, device, peers=()):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, L, N, dtype=torch.complex64, generator=gen).to(device)
     lam = torch.polar(0.9 + 0.1 * torch.rand(N, generator=gen), 6.28 * torch.rand(N, generator=gen))
@@ -73,6 +185,24 @@ def bench_size(B, L, N, device):
 
     t["scan fwd+bwd"] = timeit(lambda: fwd_bwd(torch_lru.scan), device)
     log(f"  op timed: {', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in t.items())}")
+    skipped = {}
+    for name in peers:
+        try:
+            made = PEERS[name](lam, x, g)
+            forward, both = made[0], made[1]
+            result = made[2]() if len(made) > 2 else forward()
+            check_peer(name, result, h)
+            t[f"{name} fwd"] = timeit(forward, device)
+            if both is not None:
+                t[f"{name} fwd+bwd"] = timeit(both, device)
+        except Skip as e:
+            skipped[name] = str(e)
+            log(f"  {name}: skipped, {e}")
+        except Exception as e:  # a peer that fails is reported, not fatal to the benchmark
+            skipped[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            log(f"  {name}: failed, {skipped[name]}")
+        if device == "cuda":
+            torch.cuda.empty_cache()
     if L <= LOOP_MAX_L:
         with torch.no_grad():
             t["loop fwd"] = timeit(lambda: scan_loop(lam, x), device, min_time=0.2, max_reps=5)
@@ -93,10 +223,26 @@ def bench_size(B, L, N, device):
         "fwd / copy (alloc)": t["copy alloc"] / t["scan alloc"],
         "fwd / copy (reuse)": t["copy reuse"] / t["scan reuse"],
     }
-    if "loop fwd" in t:
-        row["speed-up vs loop fwd"] = t["loop fwd"] / t["scan alloc"]
-        row["speed-up vs loop fwd+bwd"] = t["loop fwd+bwd"] / t["scan fwd+bwd"]
+    for peer in ("loop", *peers):
+        if f"{peer} fwd" in t:
+            row[f"speed-up vs {peer} fwd"] = t[f"{peer} fwd"] / t["scan alloc"]
+        if f"{peer} fwd+bwd" in t:
+            row[f"speed-up vs {peer} fwd+bwd"] = t[f"{peer} fwd+bwd"] / t["scan fwd+bwd"]
+    row["skipped"] = skipped
     return row
+
+
+def print_peer_table(rows, peers):
+    print("\nspeed-up of the op over each peer (peer time / op time), forward | forward+backward")
+    names = ["loop", *peers]
+    print(f"{'B x L x N':>18} | " + " | ".join(f"{n:>17}" for n in names))
+    for r in rows:
+        cells = []
+        for n in names:
+            f, fb = r.get(f"speed-up vs {n} fwd"), r.get(f"speed-up vs {n} fwd+bwd")
+            cell = "skipped" if n in r["skipped"] else f"{f:.1f}x" if f else "-"
+            cells.append(f"{cell + (f' | {fb:.1f}x' if fb else ''):>17}")
+        print(f"{'x'.join(map(str, r['size'])):>18} | " + " | ".join(cells))
 
 
 def print_table(rows, device):
@@ -144,6 +290,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    ap.add_argument("--peers", default="jax,torch_assoc,fft", help="comma-separated; empty for none")
     ap.add_argument("--plot", help="write a bar chart (PNG) here")
     ap.add_argument("--json", help="write the figures (JSON) here")
     args = ap.parse_args()
@@ -152,11 +299,19 @@ def main():
     sizes = CUDA_SIZES if args.device == "cuda" else CPU_SIZES
     if args.quick:
         sizes = [(2, 512, 64), (1, 4096, 8)]
-    rows = [bench_size(*s, args.device) for s in sizes]
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise SystemExit(f"bench_scan.py: unknown peer {unknown}; choose from {', '.join(PEERS)}")
+    rows = []
+    for size in sizes:  # figures are written after every size, so a run cut short keeps its rows
+        rows.append(bench_size(*size, args.device, peers))
+        print_table(rows[-1:], args.device)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
     print_table(rows, args.device)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+    print_peer_table(rows, peers)
     if args.plot:
         plot(rows, args.plot, args.device)
 
