@@ -69,7 +69,8 @@ struct TileCoords {
 template <typename T, bool kPerStep>
 struct ForwardSteps {
   static constexpr bool kReducesLam = false;
-  const T* lam;  // (B, L, N) when kPerStep, else (N,)
+  static constexpr bool kTimeInvariant = !kPerStep;  // coefficients are re-read, not held
+  const T* lam;                                      // (B, L, N) when kPerStep, else (N,)
   const T* x;
   const T* h0;  // (B, N) or null
   T* h;
@@ -99,6 +100,7 @@ struct ForwardSteps {
 template <typename T, bool kPerStep>
 struct BackwardSteps {
   static constexpr bool kReducesLam = !kPerStep;
+  static constexpr bool kTimeInvariant = !kPerStep;
   const T* g;
   const T* lam;
   const T* h;
@@ -136,6 +138,8 @@ struct BackwardSteps {
 };
 
 // Phase 1 of a thread: loads its kItems steps (past L: the identity step) and returns their map.
+// A time-invariant coefficient is not kept in `a` (phase 3 reads it again, from cache): that frees
+// kItems registers.
 template <int kItems, typename Steps, typename T>
 C10_HOST_DEVICE inline Affine<T> load_segment(const Steps& steps, int64_t b, int64_t n, int64_t s0, T (&a)[kItems],
                                               T (&x)[kItems]) {
@@ -144,9 +148,10 @@ C10_HOST_DEVICE inline Affine<T> load_segment(const Steps& steps, int64_t b, int
   for (int i = 0; i < kItems; ++i) {
     const int64_t s = s0 + i;
     const bool live = s < steps.L;
-    a[i] = live ? steps.coefficient(b, s, n) : T(1);
+    const T ai = live ? steps.coefficient(b, s, n) : T(1);
+    if (!Steps::kTimeInvariant) a[i] = ai;
     x[i] = live ? steps.input(b, s, n) : T(0);
-    map = combine(map, Affine<T>{a[i], x[i]});
+    map = combine(map, Affine<T>{ai, x[i]});
   }
   return map;
 }
@@ -182,7 +187,7 @@ C10_HOST_DEVICE inline T scan_segment(const Steps& steps, int64_t b, int64_t n, 
   for (int i = 0; i < kItems; ++i) {
     const int64_t s = s0 + i;
     if (s < steps.L) {
-      state = a[i] * state + x[i];
+      state = (Steps::kTimeInvariant ? steps.coefficient(b, s, n) : a[i]) * state + x[i];
       const T share = steps.output(b, s, n, state);
       if (Steps::kReducesLam) lam_share += share;
     }
