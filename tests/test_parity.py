@@ -37,6 +37,11 @@ CONFIGS = {
     ),
     "dual": dict(d_output=2, d_model=8, d_state=4, n_layers=1, vocab_size=9, dual=True),
 }
+# Every ablation layer, both directions (the *_rev parameters), through the same block and model.
+for _layer in ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "s5", "s4d"):
+    CONFIGS[f"layer_{_layer}"] = dict(
+        d_output=3, d_model=8, d_state=6, n_layers=2, vocab_size=11, bidirectional=True, layer=_layer
+    )
 
 
 def cpp(*args, **options):

@@ -124,12 +124,19 @@ LRUBlockImpl::LRUBlockImpl(LRUBlockOptions options_) : options(std::move(options
 
 void LRUBlockImpl::reset() {
   const auto& o = options;
+  check_layer(o.layer());
   norm = register_module("norm", SequenceNorm(SequenceNormOptions(o.d_model()).kind(o.norm())));
-  lru = register_module("lru", LRU(LRUOptions(o.d_model(), o.d_state())
-                                       .r_min(o.r_min())
-                                       .r_max(o.r_max())
-                                       .max_phase(o.max_phase())
-                                       .bidirectional(o.bidirectional())));
+  const auto layer_options = LRUOptions(o.d_model(), o.d_state())
+                                 .r_min(o.r_min())
+                                 .r_max(o.r_max())
+                                 .max_phase(o.max_phase())
+                                 .bidirectional(o.bidirectional());
+  if (o.layer() == "lru") {
+    lru = register_module("lru", LRU(layer_options));
+  } else {
+    rnn = make_layer(o.layer(), layer_options);
+    register_module("rnn", rnn.ptr());
+  }
   glu = register_module("glu", torch::nn::Linear(o.d_model(), 2 * o.d_model()));
   dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
 }
@@ -141,11 +148,13 @@ torch::Tensor LRUBlockImpl::mix(const torch::Tensor& z) {
 
 torch::Tensor LRUBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   auto z = options.prenorm() ? norm(x, mask) : x;
-  auto y = x + mix(lru(z, mask));
+  auto y = x + mix(options.layer() == "lru" ? lru(z, mask) : rnn.forward(z, mask));
   return options.prenorm() ? y : norm(y, mask);
 }
 
 std::tuple<torch::Tensor, torch::Tensor> LRUBlockImpl::step(const torch::Tensor& x_t, const torch::Tensor& state) {
+  TORCH_CHECK(options.layer() == "lru", "LRUBlock::step: only the LRU steps token by token, this block's layer is '",
+              options.layer(), "'");
   TORCH_CHECK(!(is_training() && options.norm() == "batch"),
               "LRUBlock::step: BatchNorm needs running statistics; call eval() first");
   auto normed = [&](const torch::Tensor& t) { return norm(t.unsqueeze(1)).squeeze(1); };
@@ -205,7 +214,8 @@ void LRUModelImpl::reset() {
                                    .bidirectional(o.bidirectional())
                                    .norm(o.norm())
                                    .prenorm(o.prenorm())
-                                   .dropout(o.dropout())));
+                                   .dropout(o.dropout())
+                                   .layer(o.layer())));
   }
   if (o.dual()) {
     retrieval_head = register_module("decoder", RetrievalHead(o.d_model(), o.d_output()));

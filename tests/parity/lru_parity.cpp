@@ -52,7 +52,8 @@ torch_lru::LRUModel make_model(Args& a) {
       .bidirectional(b("bidirectional", "0"))
       .norm(take("norm", "batch"))
       .prenorm(b("prenorm", "1"))
-      .dropout(f("dropout", "0"));
+      .dropout(f("dropout", "0"))
+      .layer(take("layer", "lru"));
   torch::manual_seed(i("seed", "0"));
   const bool train = b("train", "0");
   for (const auto& [key, value] : a) TORCH_CHECK(false, "lru_parity: unknown option ", key, "=", value);

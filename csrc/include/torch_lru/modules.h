@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "torch_lru/lru.h"
+#include "torch_lru/variants.h"
 
 namespace torch_lru {
 
@@ -94,9 +95,13 @@ struct LRUBlockOptions {
   TORCH_ARG(std::string, norm) = "batch";
   TORCH_ARG(bool, prenorm) = true;
   TORCH_ARG(double, dropout) = 0.0;
+  // The recurrent layer (torch_lru/variants.h): "lru" (submodule "lru") or another of
+  // layer_names() (submodule "rnn").
+  TORCH_ARG(std::string, layer) = "lru";
 };
 
-// [pre-norm] -> LRU -> GELU -> dropout -> GLU -> dropout -> residual add -> [post-norm].
+// [pre-norm] -> LRU (or options.layer) -> GELU -> dropout -> GLU -> dropout -> residual add ->
+// [post-norm].
 class LRUBlockImpl : public torch::nn::Cloneable<LRUBlockImpl> {
  public:
   explicit LRUBlockImpl(LRUBlockOptions options);
@@ -107,7 +112,8 @@ class LRUBlockImpl : public torch::nn::Cloneable<LRUBlockImpl> {
 
   LRUBlockOptions options;
   SequenceNorm norm{nullptr};
-  LRU lru{nullptr};
+  LRU lru{nullptr};                // when options.layer is "lru"
+  torch::nn::AnyModule rnn;        // any other layer
   torch::nn::Linear glu{nullptr};  // H -> 2H: value, then gate
   torch::nn::Dropout dropout{nullptr};
 
@@ -146,6 +152,7 @@ struct LRUModelOptions {
   TORCH_ARG(std::string, norm) = "batch";
   TORCH_ARG(bool, prenorm) = true;
   TORCH_ARG(double, dropout) = 0.0;
+  TORCH_ARG(std::string, layer) = "lru";  // every block's recurrent layer (LRUBlockOptions::layer)
 };
 
 // Encoder (embedding or linear) -> n_layers LRUBlocks -> pooling -> decoder (Linear, or
