@@ -190,6 +190,22 @@ def test_the_lru_group_gets_its_own_learning_rate_and_no_weight_decay():
     assert total == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("layer", ["diag_complex", "diag_exp", "s5", "s4d"])
+def test_every_diagonal_layer_trains_its_recurrence_in_the_lru_group(layer):
+    config = training.load_config("listops_small", [f"model.layer={layer}", "model.bidirectional=false"])
+    model = training.build_model(config, training.tasks.task_info("listops"))
+    optimizer = training.build_optimizer(model, config["optim"])
+    names = {id(p): n.rsplit(".", 1)[-1] for n, p in model.named_parameters()}
+    in_group = {names[id(p)] for p in optimizer.param_groups[2]["params"]}
+    recurrence = {
+        "diag_complex": {"lam_re", "lam_im", "B_re", "B_im"},
+        "diag_exp": {"nu_log", "theta_log", "B_re", "B_im"},
+        "s5": {"a_log", "omega", "log_step", "B_re", "B_im"},
+        "s4d": {"a_log", "omega", "log_step", "B_re", "B_im"},
+    }[layer]
+    assert in_group == recurrence
+
+
 def test_train_script_reports_bad_data_clearly(tmp_path):
     (tmp_path / "basic_train.tsv").write_text("Source\tTarget\n( [MAX 1 2 ] )\t11\n")
     env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TORCH_LRU_CACHE=str(tmp_path / "cache"))

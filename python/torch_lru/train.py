@@ -32,7 +32,9 @@ from .modules import LRUModel
 
 CONFIG_DIR = Path(__file__).resolve().parent / "lra" / "configs"
 # The recurrence's own parameters: a smaller learning rate and no weight decay (the paper, after S5).
-LRU_GROUP = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im")
+# The ablation's diagonal layers put theirs here too (eigenvalue parameters, input matrix, time
+# steps), so that every layer's recurrence trains under the same rule as the LRU's.
+LRU_GROUP = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "lam_re", "lam_im", "a_log", "omega", "log_step")
 
 
 class NonFiniteLoss(RuntimeError):
