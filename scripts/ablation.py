@@ -87,6 +87,20 @@ def plot(results, tasks, layers, path):
         means = [results[task][name]["mean"] for name in walk]
         stds = [results[task][name]["std"] for name in walk]
         ax.errorbar(range(len(walk)), means, yerr=stds, marker="o", capsize=3, label="recurrent-block walk")
+        for i, name in enumerate(walk):  # a layer that diverged in every seed has no point: say so
+            if results[task][name]["failed"] == results[task][name]["runs"]:
+                ax.annotate(
+                    "diverged",
+                    (i, 0),
+                    xycoords=("data", "axes fraction"),
+                    xytext=(0, 6),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                    color="red",
+                )
+        if results[task][walk[0]].get("majority"):
+            ax.axhline(results[task][walk[0]]["majority"], color="black", linewidth=0.8, label="majority class")
         for name, style in zip(BASELINES, ("--", ":")):
             if name in results[task]:
                 ax.axhline(results[task][name]["mean"], linestyle=style, color="grey", label=name.upper())
@@ -137,9 +151,15 @@ def main():
         cells = []
         for task in tasks:
             r = results[task][layer]
+            if r["failed"] == r["runs"]:
+                cells.append(f"diverged in {r['runs']} of {r['runs']} seeds")
+                continue
             cell = f"{r['mean']:.3f} ± {r['std']:.3f}"
             cells.append(cell + (f" ({r['failed']} of {r['runs']} diverged)" if r["failed"] else ""))
         lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    majority = [results[t][layers[0]]["majority"] for t in tasks]
+    lines.append("| majority class | " + " | ".join(f"{m:.3f}" if m else "-" for m in majority) + " |")
+    lines.append("| steps per run | " + " | ".join(str(args.steps[t]) for t in tasks) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(results, tasks, layers, out / "ablation.png")
     print("\n".join(lines))
