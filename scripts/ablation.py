@@ -87,10 +87,11 @@ def plot(results, tasks, layers, path):
         means = [results[task][name]["mean"] for name in walk]
         stds = [results[task][name]["std"] for name in walk]
         ax.errorbar(range(len(walk)), means, yerr=stds, marker="o", capsize=3, label="recurrent-block walk")
-        for i, name in enumerate(walk):  # a layer that diverged in every seed has no point: say so
-            if results[task][name]["failed"] == results[task][name]["runs"]:
+        for i, name in enumerate(walk):  # diverged seeds have no point: say how many
+            r = results[task][name]
+            if r["failed"]:
                 ax.annotate(
-                    "diverged",
+                    f"{r['failed']} of {r['runs']} diverged",
                     (i, 0),
                     xycoords=("data", "axes fraction"),
                     xytext=(0, 6),
