@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -53,7 +54,13 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-# ---- peers: each returns (forward, forward+backward or None) callables on prepared inputs ----
+# ---- peers: each returns a Peer of callables on inputs prepared once ----
+
+
+class Peer(NamedTuple):
+    forward: Callable[[], object]  # what is timed
+    fwd_bwd: Optional[Callable[[], object]]  # None where the peer has no backward
+    h: Callable[[], torch.Tensor]  # its output as a complex torch tensor, for the check
 
 
 class Skip(Exception):
@@ -63,19 +70,19 @@ class Skip(Exception):
 def peer_fft(lam, x, g):
     """h = x conv lam^k along L, by FFTs of length 2L."""
     L = x.shape[1]
-    kernel = lam.unsqueeze(0) ** torch.arange(L, device=x.device, dtype=torch.float32).unsqueeze(1)
+    powers = torch.arange(L, device=x.device, dtype=torch.float32).unsqueeze(1)
 
-    def forward(lam_, x_):
-        k = kernel if lam_ is lam else lam_.unsqueeze(0) ** torch.arange(L, device=x.device).unsqueeze(1)
-        spec = torch.fft.fft(x_, n=2 * L, dim=1) * torch.fft.fft(k, n=2 * L, dim=0)
+    def conv(kernel, x_):
+        spec = torch.fft.fft(x_, n=2 * L, dim=1) * torch.fft.fft(kernel, n=2 * L, dim=0)
         return torch.fft.ifft(spec, dim=1)[:, :L]
 
+    kernel = lam.unsqueeze(0) ** powers  # prepared once for the forward; the backward needs it from lam
     lam_r, x_r = lam.clone().requires_grad_(), x.clone().requires_grad_()
 
     def fwd_bwd():
-        torch.autograd.grad(forward(lam_r, x_r), (lam_r, x_r), g)
+        torch.autograd.grad(conv(lam_r.unsqueeze(0) ** powers, x_r), (lam_r, x_r), g)
 
-    return (lambda: forward(lam, x)), fwd_bwd
+    return Peer(lambda: conv(kernel, x), fwd_bwd, lambda: conv(kernel, x))
 
 
 def peer_torch_assoc(lam, x, g):
@@ -106,7 +113,7 @@ def peer_torch_assoc(lam, x, g):
     except Exception as e:  # the higher-order op's autograd is young; time the forward alone then
         log(f"  torch_assoc backward unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         fwd_bwd = None
-    return forward, fwd_bwd
+    return Peer(forward, fwd_bwd, lambda: torch.complex(*forward()))
 
 
 def peer_jax(lam, x, g):
@@ -137,19 +144,19 @@ def peer_jax(lam, x, g):
 
     put = lambda t: jax.device_put(t.cpu().numpy(), dev)  # noqa: E731
     lam_j, x_j, g_j = put(lam), put(x), put(g)
-    return (
-        (lambda: fwd(lam_j, x_j).block_until_ready()),
-        (lambda: jax.block_until_ready(vjp(lam_j, x_j, g_j))),
-        (lambda: torch.from_numpy(jax.device_get(fwd(lam_j, x_j)).copy())),
+    return Peer(
+        lambda: fwd(lam_j, x_j).block_until_ready(),
+        lambda: jax.block_until_ready(vjp(lam_j, x_j, g_j)),
+        lambda: torch.from_numpy(jax.device_get(fwd(lam_j, x_j)).copy()),
     )
 
 
 PEERS = {"jax": peer_jax, "torch_assoc": peer_torch_assoc, "fft": peer_fft}
 
 
-def check_peer(name, out, want):
+def check_peer(got, want):
     """A peer is timed only if it computes the same h (to its own precision)."""
-    got = out.to(want.device) if isinstance(out, torch.Tensor) else torch.complex(*out).to(want.device)
+    got = got.to(want.device)
     err = ((got - want).abs().max() / want.abs().max().clamp_min(1)).item()
     if not err < 1e-3:
         raise Skip(f"its output differs from the op's (max relative error {err:.2e})")
@@ -188,13 +195,11 @@ def bench_size(B, L, N, device, peers=()):
     skipped = {}
     for name in peers:
         try:
-            made = PEERS[name](lam, x, g)
-            forward, both = made[0], made[1]
-            result = made[2]() if len(made) > 2 else forward()
-            check_peer(name, result, h)
-            t[f"{name} fwd"] = timeit(forward, device)
-            if both is not None:
-                t[f"{name} fwd+bwd"] = timeit(both, device)
+            peer = PEERS[name](lam, x, g)
+            check_peer(peer.h(), h)
+            t[f"{name} fwd"] = timeit(peer.forward, device)
+            if peer.fwd_bwd is not None:
+                t[f"{name} fwd+bwd"] = timeit(peer.fwd_bwd, device)
         except Skip as e:
             skipped[name] = str(e)
             log(f"  {name}: skipped, {e}")
