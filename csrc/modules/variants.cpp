@@ -123,7 +123,7 @@ void DiagonalLayerImpl::reset() {
 }
 
 torch::Tensor DiagonalLayerImpl::get(const std::string& name, bool reverse) const {
-  return named_parameters(/*recurse=*/false)[name + suffix(reverse)];
+  return parameters_[name + suffix(reverse)];  // a lookup, not a copy of every parameter
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> DiagonalLayerImpl::discretised(bool reverse) const {
@@ -207,7 +207,7 @@ void LinearDenseImpl::reset() {
 torch::Tensor LinearDenseImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
   auto u_in = mask.defined() ? u.masked_fill(~mask.unsqueeze(-1), 0) : u;
   auto y = D * u;
-  const auto params = named_parameters(/*recurse=*/false);
+  const auto& params = parameters_;
   for (bool reverse : directions(bidirectional)) {
     const auto& A = params["A" + suffix(reverse)];
     auto bu = torch::nn::functional::linear(u_in, params["B" + suffix(reverse)]).unbind(1);
