@@ -18,6 +18,7 @@
 #include <cub/thread/thread_store.cuh>
 #include <cuda/atomic>
 #include <limits>
+#include <type_traits>
 
 #include "ops/scan_checks.h"
 #include "torch_lru/scan_tiles.h"
@@ -175,14 +176,12 @@ at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std:
     using T = scalar_t;
     const T* h0_ptr = h0_c.defined() ? h0_c.const_data_ptr<T>() : nullptr;
     const auto grid = tile_grid<T>(B, L, N);
-    auto run = [&](auto steps) { launch_tiled_scan<T>(steps, grid, x, nullptr); };
-    if (lam_is_per_step(lam)) {
-      run(ForwardSteps<T, true>{lam_c.const_data_ptr<T>(), x_c.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), L,
-                                N, reverse});
-    } else {
-      run(ForwardSteps<T, false>{lam_c.const_data_ptr<T>(), x_c.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), L,
-                                 N, reverse});
-    }
+    auto run = [&](auto per_step) {  // std::true_type or std::false_type
+      const ForwardSteps<T, decltype(per_step)::value> steps{
+          lam_c.const_data_ptr<T>(), x_c.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), L, N, reverse};
+      launch_tiled_scan<T>(steps, grid, x, nullptr);
+    };
+    lam_is_per_step(lam) ? run(std::true_type{}) : run(std::false_type{});
   });
   return h;
 }
@@ -213,34 +212,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
     const auto grid = tile_grid<T>(B, L, N);
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<T>() : nullptr; };
     const T* h0_ptr = has_h0 ? h0_c.const_data_ptr<T>() : nullptr;
-    if (per_step) {
-      const BackwardSteps<T, true> steps{g_c.const_data_ptr<T>(),
-                                         lam_c.const_data_ptr<T>(),
-                                         h_c.const_data_ptr<T>(),
-                                         h0_ptr,
-                                         out.grad_x.mutable_data_ptr<T>(),
-                                         ptr(out.grad_lam),
-                                         ptr(out.grad_h0),
-                                         L,
-                                         N,
-                                         reverse,
-                                         mask[0]};
-      launch_tiled_scan<T>(steps, grid, h, nullptr);
-    } else {
-      if (mask[0]) lam_partial = at::empty({B, grid.chunks(), N}, h.options());
-      const BackwardSteps<T, false> steps{g_c.const_data_ptr<T>(),
-                                          lam_c.const_data_ptr<T>(),
-                                          h_c.const_data_ptr<T>(),
-                                          h0_ptr,
-                                          out.grad_x.mutable_data_ptr<T>(),
-                                          nullptr,
-                                          ptr(out.grad_h0),
-                                          L,
-                                          N,
-                                          reverse,
-                                          mask[0]};
+    if (!per_step && mask[0]) lam_partial = at::empty({B, grid.chunks(), N}, h.options());
+    auto run = [&](auto per_step_tag) {  // std::true_type or std::false_type
+      constexpr bool kPerStep = decltype(per_step_tag)::value;
+      const BackwardSteps<T, kPerStep> steps{g_c.const_data_ptr<T>(),
+                                             lam_c.const_data_ptr<T>(),
+                                             h_c.const_data_ptr<T>(),
+                                             h0_ptr,
+                                             out.grad_x.mutable_data_ptr<T>(),
+                                             kPerStep ? ptr(out.grad_lam) : nullptr,
+                                             ptr(out.grad_h0),
+                                             L,
+                                             N,
+                                             reverse,
+                                             mask[0]};
       launch_tiled_scan<T>(steps, grid, h, ptr(lam_partial));
-    }
+    };
+    per_step ? run(std::true_type{}) : run(std::false_type{});
   });
   if (lam_partial.defined()) at::sum_out(out.grad_lam, lam_partial, at::IntArrayRef{0, 1});
   return out.result();
