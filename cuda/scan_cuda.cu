@@ -162,33 +162,33 @@ void launch_tiled_scan(const Steps& steps, const TileGrid& grid, const at::Tenso
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
-                          at::Tensor& h) {
-  check_scan_inputs("torch_lru::scan", lam, x, h0);
-  check_scan_out(h, x);
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  if (h.numel() == 0) return h;
-  const auto lam_c = lam.contiguous();
-  const auto x_c = x.contiguous();
-  const auto h0_c = h0.has_value() && h0->defined() ? h0->contiguous() : at::Tensor();
-  const int64_t B = x.size(0), L = x.size(1), N = x.size(2);
-  AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(x.scalar_type(), "torch_lru::scan", [&] {
+void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {
+  const c10::cuda::CUDAGuard device_guard(h.device());
+  if (h.numel() == 0) return;
+  AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(f.x.scalar_type(), "torch_lru::scan", [&] {
     using T = scalar_t;
-    const T* h0_ptr = h0_c.defined() ? h0_c.const_data_ptr<T>() : nullptr;
-    const auto grid = tile_grid<T>(B, L, N);
+    const T* h0_ptr = f.h0.defined() ? f.h0.const_data_ptr<T>() : nullptr;
+    const auto grid = tile_grid<T>(f.B, f.L, f.N);
     auto run = [&](auto per_step) {  // std::true_type or std::false_type
       const ForwardSteps<T, decltype(per_step)::value> steps{
-          lam_c.const_data_ptr<T>(), x_c.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), L, N, reverse};
-      launch_tiled_scan<T>(steps, grid, x, nullptr);
+          f.lam.const_data_ptr<T>(), f.x.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), f.L, f.N, reverse};
+      launch_tiled_scan<T>(steps, grid, h, nullptr);
     };
-    lam_is_per_step(lam) ? run(std::true_type{}) : run(std::false_type{});
+    f.per_step ? run(std::true_type{}) : run(std::false_type{});
   });
-  return h;
+}
+
+at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
+                          at::Tensor& out) {
+  run_forward(prepare_forward("torch_lru::scan.out", lam, x, h0, &out), reverse, out);
+  return out;
 }
 
 at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
+  const auto f = prepare_forward("torch_lru::scan", lam, x, h0);
   auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  return scan_out_cuda(lam, x, h0, reverse, h);
+  run_forward(f, reverse, h);
+  return h;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tensor& grad_h, const at::Tensor& lam,

@@ -164,6 +164,52 @@ def test_out_variant(device, per_step):
         torch_lru.scan(lam, x, out=torch.empty(B, N, L, dtype=x.dtype, device=device).transpose(1, 2))
 
 
+@pytest.mark.parametrize("per_step", [False, True])
+def test_out_may_be_x_but_share_no_other_memory(device, per_step):
+    B, L, N = 2, 6, 3
+    lam, x, h0 = make_inputs(B, L, N, torch.complex64, device, per_step, seed=3)
+    want = torch_lru.scan(lam, x, h0)
+    alias = x.clone().view(B * L * N).view(B, L, N)  # x itself under another view: allowed
+    torch.testing.assert_close(torch_lru.scan(lam, alias, h0, out=alias.view(B, L, N)), want)
+    flat = torch.zeros(B * L * N + N, dtype=x.dtype, device=device)
+    shifted_x, out = flat[N:].view(B, L, N), flat[:-N].view(B, L, N)
+    shifted_x.copy_(x)
+    with pytest.raises(RuntimeError, match=r"torch_lru::scan.out: out overlaps x in part"):
+        torch_lru.scan(lam, shifted_x, h0, out=out)
+    buf = torch.zeros(B, L, N, dtype=x.dtype, device=device)
+    lam_in_out = buf[0, 0] if not per_step else buf
+    lam_in_out.copy_(lam if not per_step else lam)
+    with pytest.raises(RuntimeError, match=r"torch_lru::scan.out: lam shares memory with out"):
+        torch_lru.scan(lam_in_out, x, h0, out=buf)
+    buf[:, 0].copy_(h0)
+    with pytest.raises(RuntimeError, match=r"torch_lru::scan.out: h0 shares memory with out"):
+        torch_lru.scan(lam, x, buf[:, 0], out=buf)
+    # The functional op names itself, the out= overload itself.
+    with pytest.raises(RuntimeError, match=r"torch_lru::scan: lam of shape"):
+        torch_lru.scan(torch.ones(N + 1, dtype=x.dtype, device=device), x)
+    with pytest.raises(RuntimeError, match=r"torch_lru::scan.out: lam of shape"):
+        torch_lru.scan(torch.ones(N + 1, dtype=x.dtype, device=device), x, out=torch.empty_like(x))
+
+
+def test_out_variant_under_torch_compile(device):
+    torch._dynamo.reset()
+
+    def f(lam, x, out):
+        torch_lru.scan(lam, x, out=out)
+        return out.real * 2
+
+    lam, x, _ = make_inputs(2, 16, 4, torch.complex64, device, seed=5)
+    compiled = torch.compile(f, fullgraph=True)
+    out = torch.empty_like(x)
+    torch.testing.assert_close(compiled(lam, x, out), torch_lru.scan(lam, x).real * 2)
+    torch.testing.assert_close(out, torch_lru.scan(lam, x))
+    inplace = x.clone()
+    torch.compile(lambda lam, x: torch_lru.scan(lam, x, out=x), fullgraph=True)(lam, inplace)
+    torch.testing.assert_close(inplace, torch_lru.scan(lam, x))
+    with pytest.raises(Exception, match="out must be contiguous with x's shape"):
+        compiled(lam, x, torch.empty(1, 16, 4, dtype=x.dtype, device=device))
+
+
 @pytest.mark.parametrize("shape", [(0, 5, 3), (2, 0, 3), (2, 5, 0)])
 @pytest.mark.parametrize("per_step", [False, True])
 def test_empty(device, shape, per_step):

@@ -71,6 +71,65 @@ void check_scan_out(const at::Tensor& out, const at::Tensor& x) {
   TORCH_CHECK(out.is_contiguous(), op, ": out must be contiguous");
 }
 
+namespace {
+
+// Whether a and b may touch a common byte of one storage: their spans (first to last element
+// they can reach) intersect. Views whose elements interleave without meeting count as sharing.
+bool may_share_memory(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0 || !a.has_storage() || !b.has_storage()) return false;
+  if (!a.storage().is_alias_of(b.storage())) return false;
+  auto span = [](const at::Tensor& t) {
+    int64_t first = t.storage_offset(), last = first;
+    for (int64_t d = 0; d < t.dim(); ++d) (t.stride(d) >= 0 ? last : first) += (t.size(d) - 1) * t.stride(d);
+    const auto item = static_cast<int64_t>(t.element_size());
+    return std::pair<int64_t, int64_t>{first * item, (last + 1) * item - 1};
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 <= b1 && b0 <= a1;
+}
+
+// The kernels read x_t, lam_t and h0 while they write h. out may be x itself (each step reads
+// x_t before it writes h_t at the same address), but must share no other memory with an input,
+// or the kernel would read values it has already overwritten.
+void check_out_overlap(const at::Tensor& out, const at::Tensor& lam, const at::Tensor& x,
+                       const std::optional<at::Tensor>& h0) {
+  const char* op = "torch_lru::scan.out";
+  const bool is_x = out.is_alias_of(x) && out.storage_offset() == x.storage_offset() && out.strides() == x.strides();
+  TORCH_CHECK(is_x || !may_share_memory(out, x), op,
+              ": out overlaps x in part (out may be x itself, or share no memory with it); got out with storage "
+              "offset ",
+              out.storage_offset(), " and strides ", out.strides(), ", x with storage offset ", x.storage_offset(),
+              " and strides ", x.strides());
+  const auto refuse_shared = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK(!may_share_memory(out, t), op, ": ", name,
+                " shares memory with out (it would be overwritten while it is read); pass a clone of ", name,
+                " or another out");
+  };
+  refuse_shared("lam", lam);
+  if (h0.has_value() && h0->defined()) refuse_shared("h0", *h0);
+}
+
+}  // namespace
+
+ForwardOperands prepare_forward(const char* op, const at::Tensor& lam, const at::Tensor& x,
+                                const std::optional<at::Tensor>& h0, const at::Tensor* out) {
+  check_scan_inputs(op, lam, x, h0);
+  if (out != nullptr) {
+    check_scan_out(*out, x);
+    check_out_overlap(*out, lam, x, h0);
+  }
+  ForwardOperands f;
+  f.lam = lam.contiguous();
+  f.x = x.contiguous();
+  if (h0.has_value() && h0->defined()) f.h0 = h0->contiguous();
+  f.B = x.size(0);
+  f.L = x.size(1);
+  f.N = x.size(2);
+  f.per_step = lam_is_per_step(lam);
+  return f;
+}
+
 ScanBackwardOutputs make_scan_backward_outputs(const at::Tensor& lam, const at::Tensor& h,
                                                const std::optional<at::Tensor>& h0, std::array<bool, 3> mask) {
   const auto contiguous = at::MemoryFormat::Contiguous;

@@ -21,6 +21,18 @@ void check_scan_backward_inputs(const at::Tensor& grad_h, const at::Tensor& lam,
 // Checks the destination of scan.out: contiguous, with x's shape, dtype and device.
 void check_scan_out(const at::Tensor& out, const at::Tensor& x);
 
+// The operands of a forward scan as every kernel takes them: checked, contiguous, with their
+// sizes. `h0` is undefined when absent.
+struct ForwardOperands {
+  at::Tensor lam, x, h0;
+  int64_t B, L, N;
+  bool per_step;
+};
+// Checks the inputs under `op`'s name and lays them out. With `out` (scan.out) also checks out,
+// and that it shares no memory with lam or h0, nor with x unless it is x itself (in place).
+ForwardOperands prepare_forward(const char* op, const at::Tensor& lam, const at::Tensor& x,
+                                const std::optional<at::Tensor>& h0, const at::Tensor* out = nullptr);
+
 // The outputs of scan_backward, allocated (contiguous) for the entries output_mask asks for;
 // grad_x is always allocated, since the kernels compute it on the way. For a problem with no
 // elements they are final already: nothing flows to lam, and h0 reaches no step.

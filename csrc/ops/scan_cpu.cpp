@@ -34,26 +34,26 @@ auto backward_kernel(bool per_step) {
   return per_step ? &cpu::baseline::scan_backward_kernel<T, true> : &cpu::baseline::scan_backward_kernel<T, false>;
 }
 
-at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
-                         at::Tensor& h) {
-  check_scan_inputs("torch_lru::scan", lam, x, h0);
-  check_scan_out(h, x);
-  if (h.numel() == 0) return h;
-  const auto lam_c = lam.contiguous();
-  const auto x_c = x.contiguous();
-  const auto h0_c = h0.has_value() && h0->defined() ? h0->contiguous() : at::Tensor();
-  const int64_t B = x.size(0), L = x.size(1), N = x.size(2);
-  AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(x.scalar_type(), "torch_lru::scan", [&] {
-    const scalar_t* h0_ptr = h0_c.defined() ? h0_c.const_data_ptr<scalar_t>() : nullptr;
-    forward_kernel<scalar_t>(lam_is_per_step(lam))(lam_c.const_data_ptr<scalar_t>(), x_c.const_data_ptr<scalar_t>(),
-                                                   h0_ptr, h.mutable_data_ptr<scalar_t>(), B, L, N, reverse);
+void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {
+  if (h.numel() == 0) return;
+  AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(f.x.scalar_type(), "torch_lru::scan", [&] {
+    const scalar_t* h0_ptr = f.h0.defined() ? f.h0.const_data_ptr<scalar_t>() : nullptr;
+    forward_kernel<scalar_t>(f.per_step)(f.lam.const_data_ptr<scalar_t>(), f.x.const_data_ptr<scalar_t>(), h0_ptr,
+                                         h.mutable_data_ptr<scalar_t>(), f.B, f.L, f.N, reverse);
   });
-  return h;
+}
+
+at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
+                         at::Tensor& out) {
+  run_forward(prepare_forward("torch_lru::scan.out", lam, x, h0, &out), reverse, out);
+  return out;
 }
 
 at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
+  const auto f = prepare_forward("torch_lru::scan", lam, x, h0);
   auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  return scan_out_cpu(lam, x, h0, reverse, h);
+  run_forward(f, reverse, h);
+  return h;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tensor& grad_h, const at::Tensor& lam,

@@ -25,14 +25,28 @@ def scan(
         x: the inputs, shape ``(B, L, N)``; float32, float64, complex64 or complex128.
         h0: optional initial state ``(B, N)`` (``h_{-1}``; zero when omitted).
         reverse: run the recurrence from ``t = L-1`` down to ``0`` (``h_t = lam_t * h_{t+1} + x_t``).
-        out: optional contiguous tensor of ``x``'s shape, dtype and device to write ``h`` into (it
-            may be ``x`` itself, for an in-place scan). Not differentiable.
+        out: optional contiguous tensor of ``x``'s shape, dtype and device to write ``h`` into. It
+            may be ``x`` itself (an in-place scan) but must share no other memory with ``x``, ``lam``
+            or ``h0`` (a RuntimeError says which). Not differentiable. Under ``torch.compile`` it is
+            traced as the functional scan followed by a copy into ``out``.
 
     All tensors share one dtype and device; any strides are accepted. Returns ``h`` of shape
     ``(B, L, N)``, contiguous. Differentiable with respect to ``lam``, ``x`` and ``h0`` (gradients
     in PyTorch's conjugate-Wirtinger convention), traceable by ``torch.compile`` and ``torch.export``.
     """
     if out is not None:
+        if torch.compiler.is_compiling():
+            # Functionalisation cannot trace a custom op that returns an alias of its input; the
+            # functional op and a copy are the same computation, and the copy may fuse.
+            inputs = (lam, x) if h0 is None else (lam, x, h0)
+            if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+                raise RuntimeError("torch_lru::scan.out: out= does not support automatic differentiation")
+            if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device or not out.is_contiguous():
+                raise RuntimeError(
+                    f"torch_lru::scan.out: out must be contiguous with x's shape {tuple(x.shape)}, dtype {x.dtype} "
+                    f"and device {x.device}, got {tuple(out.shape)} {out.dtype} on {out.device}"
+                )
+            return out.copy_(torch.ops.torch_lru.scan(lam, x, h0, reverse))
         return torch.ops.torch_lru.scan.out(lam, x, h0, reverse, out=out)
     return torch.ops.torch_lru.scan(lam, x, h0, reverse)
 

@@ -207,4 +207,27 @@ TEST(Scan, BadInputsRaiseErrors) {
   }
 }
 
+TEST(Scan, OutMayBeXButShareNoOtherMemory) {
+  for (auto device : devices()) {
+    auto o = torch::TensorOptions().device(device).dtype(torch::kComplexFloat);
+    const int64_t B = 2, L = 5, N = 3;
+    auto x = torch::randn({B, L, N}, o), lam = torch::randn({N}, o) * 0.5, h0 = torch::randn({B, N}, o);
+    const auto want = torch_lru::scan(lam, x, h0);
+    auto inplace = x.clone();
+    torch_lru::scan_out(inplace, lam, inplace, h0);  // out may be x itself
+    EXPECT_TRUE(torch::allclose(inplace, want));
+    auto flat = torch::zeros({B * L * N + N}, o);
+    auto shifted = flat.slice(0, N).view({B, L, N});
+    auto out = flat.slice(0, 0, B * L * N).view({B, L, N});
+    expect_error([&] { torch_lru::scan_out(out, lam, shifted, h0); }, "torch_lru::scan.out: out overlaps x in part");
+    auto buf = torch::zeros({B, L, N}, o);
+    expect_error([&] { torch_lru::scan_out(buf, buf[0][0], x, h0); },
+                 "torch_lru::scan.out: lam shares memory with out");
+    expect_error([&] { torch_lru::scan_out(buf, buf, x, h0); }, "torch_lru::scan.out: lam shares memory with out");
+    expect_error([&] { torch_lru::scan_out(buf, lam, x, buf.select(1, 2)); },
+                 "torch_lru::scan.out: h0 shares memory with out");
+    expect_error([&] { torch_lru::scan_out(buf, torch::randn({N + 1}, o), x); }, "torch_lru::scan.out: lam of shape");
+  }
+}
+
 }  // namespace
