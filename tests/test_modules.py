@@ -144,9 +144,23 @@ def test_model_bad_arguments():
         torch_lru.LRUModel(2, pooling="max")
     with pytest.raises(ValueError, match="kind must be one of"):
         torch_lru.LRUModel(2, norm="group")
-    with pytest.raises(ValueError, match="n_layers and d_output must be positive"):
+    with pytest.raises(ValueError, match="n_layers must be a positive integer, got 0"):
         torch_lru.LRUModel(2, n_layers=0)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(
+            ValueError, match=rf"vocab_size must be a positive integer \(or None for features\), got {bad}"
+        ):
+            torch_lru.LRUModel(2, vocab_size=bad)
+    for name in ("d_output", "d_model", "d_state", "d_input"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
+            torch_lru.LRUModel(**{"d_output": 2, name: 0})
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        torch_lru.LRUModel(2, dropout=1.0)
     model = torch_lru.LRUModel(2, d_model=8, d_state=4, n_layers=1, vocab_size=5)
+    for bad in (5, -1):
+        tokens = torch.tensor([[0, 1, bad]])
+        with pytest.raises(ValueError, match=r"x holds token ids in \[-?\d, \d\], outside \[0, vocab_size = 5\)"):
+            model(tokens)
     with pytest.raises(ValueError, match=r"token ids \(B, L\), got \(2, 3, 1\)"):
         model(torch.zeros(2, 3, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="mask of x must be bool"):

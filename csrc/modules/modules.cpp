@@ -198,8 +198,16 @@ LRUModelImpl::LRUModelImpl(LRUModelOptions options_) : options(std::move(options
 void LRUModelImpl::reset() {
   const auto& o = options;
   check_choice("LRUModel: pooling", o.pooling(), {"mean", "last"});
-  TORCH_CHECK(o.n_layers() >= 1 && o.d_output() >= 1, "LRUModel: n_layers and d_output must be positive, got ",
-              o.n_layers(), " and ", o.d_output());
+  for (const auto& [name, value] : {std::pair<const char*, int64_t>{"d_output", o.d_output()},
+                                    {"d_model", o.d_model()},
+                                    {"d_state", o.d_state()},
+                                    {"n_layers", o.n_layers()},
+                                    {"d_input", o.d_input()}}) {
+    TORCH_CHECK(value >= 1, "LRUModel: ", name, " must be positive, got ", value);
+  }
+  TORCH_CHECK(o.vocab_size() >= 0, "LRUModel: vocab_size must be positive (or 0 for feature inputs), got ",
+              o.vocab_size());
+  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "LRUModel: dropout must be in [0, 1), got ", o.dropout());
   if (o.vocab_size() > 0) {
     embedding = register_module("encoder", torch::nn::Embedding(o.vocab_size(), o.d_model()));
   } else {
@@ -227,8 +235,15 @@ void LRUModelImpl::reset() {
 torch::Tensor LRUModelImpl::encode(const torch::Tensor& x, const torch::Tensor& mask) {
   const auto& o = options;
   if (o.vocab_size() > 0) {
-    TORCH_CHECK(x.dim() == 2 && !x.is_floating_point(), "LRUModel: x must be token ids (B, L), got ", x.sizes(), " ",
-                x.scalar_type());
+    TORCH_CHECK(x.dim() == 2 && !x.is_floating_point() && !x.is_complex(), "LRUModel: x must be token ids (B, L), got ",
+                x.sizes(), " ", x.scalar_type());
+    // An id out of range would index past the embedding (on a GPU, a device-side assert).
+    if (x.numel() > 0) {
+      const auto [low, high] = x.aminmax();
+      const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < o.vocab_size(), "LRUModel: x holds token ids in [", lo, ", ", hi,
+                  "], outside [0, vocab_size = ", o.vocab_size(), ")");
+    }
   } else {
     TORCH_CHECK(x.dim() == 3 && x.size(-1) == o.d_input(), "LRUModel: x must be features (B, L, ", o.d_input(),
                 "), got ", x.sizes(), " ", x.scalar_type());

@@ -286,10 +286,20 @@ class LRUModel(nn.Module):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"LRUModel: pooling must be one of {POOLINGS}, got {pooling!r}")
-        if n_layers < 1 or d_output < 1:
-            raise ValueError(f"LRUModel: n_layers and d_output must be positive, got {n_layers} and {d_output}")
+        sizes = {"d_output": d_output, "d_model": d_model, "d_state": d_state, "n_layers": n_layers, "d_input": d_input}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LRUModel: {name} must be a positive integer, got {value!r}")
+        if vocab_size is not None and (
+            isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1
+        ):
+            raise ValueError(
+                f"LRUModel: vocab_size must be a positive integer (or None for features), got {vocab_size!r}"
+            )
+        if not 0 <= dropout < 1:
+            raise ValueError(f"LRUModel: dropout must be in [0, 1), got {dropout}")
         self.vocab_size, self.d_input, self.pooling, self.dual = vocab_size, d_input, pooling, dual
-        self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size else nn.Linear(d_input, d_model)
+        self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)
         self.blocks = nn.ModuleList(
             LRUBlock(d_model, d_state, r_min, r_max, max_phase, bidirectional, norm, prenorm, dropout, layer)
             for _ in range(n_layers)
@@ -297,9 +307,17 @@ class LRUModel(nn.Module):
         self.decoder = RetrievalHead(d_model, d_output) if dual else nn.Linear(d_model, d_output)
 
     def _check(self, x: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:
-        if self.vocab_size:
-            ok = x.dim() == 2 and not x.is_floating_point()
+        if self.vocab_size is not None:
+            ok = x.dim() == 2 and not x.is_floating_point() and not x.is_complex()
             expected = "token ids (B, L)"
+            # An id out of range would index past the embedding (on a GPU, a device-side assert).
+            if ok and x.numel() and not torch.compiler.is_compiling():
+                low, high = x.aminmax()
+                if low < 0 or high >= self.vocab_size:
+                    raise ValueError(
+                        f"LRUModel: {name} holds token ids in [{int(low)}, {int(high)}], outside "
+                        f"[0, vocab_size = {self.vocab_size})"
+                    )
         else:
             ok = x.dim() == 3 and x.shape[-1] == self.d_input
             expected = f"features (B, L, {self.d_input})"

@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -226,8 +228,20 @@ TEST(Modules, BadOptionsAndInputsRaiseErrors) {
   expect_error([&] { layer->step(torch::randn({2, 5, 4})); }, "must have shape (B, H)");
   torch_lru::LRU both(torch_lru::LRUOptions(4, 3).bidirectional(true));
   expect_error([&] { both->step(torch::randn({2, 4})); }, "bidirectional layer cannot run step by step");
+  expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).vocab_size(-1)); },
+               "vocab_size must be positive (or 0 for feature inputs), got -1");
+  expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2, 0)); }, "d_model must be positive, got 0");
+  expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).d_input(0)); },
+               "d_input must be positive, got 0");
+  expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).dropout(1.0)); }, "dropout must be in [0, 1)");
   torch_lru::LRUModel model(torch_lru::LRUModelOptions(2, 8, 4).n_layers(1).vocab_size(5));
   expect_error([&] { model(torch::randn({2, 3, 1})); }, "x must be token ids (B, L)");
+  expect_error([&] { model(torch::tensor({{0, 1, 5}})); }, "x holds token ids in [0, 5], outside [0, vocab_size = 5)");
+  expect_error(
+      [&] {
+        model(torch::tensor({{-1, 1, 2}}));
+      },
+      "x holds token ids in [-1, 2], outside [0, vocab_size = 5)");
   expect_error([&] { torch_lru::load_state_dict(*model, "/nonexistent/model.pt"); }, "cannot open /nonexistent");
   expect_error(
       [] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).layer("gru")); },
@@ -235,6 +249,22 @@ TEST(Modules, BadOptionsAndInputsRaiseErrors) {
   torch_lru::LRUBlock block(torch_lru::LRUBlockOptions(4, 3).layer("s5"));
   block->eval();
   expect_error([&] { block->step(torch::randn({2, 4})); }, "only the LRU steps token by token");
+}
+
+TEST(Checkpoints, DamagedFilesAreNamedErrorsNeverCrashes) {
+  torch::manual_seed(3);
+  torch_lru::LRUModel model(torch_lru::LRUModelOptions(2, 8, 4).n_layers(1).vocab_size(5));
+  const std::string path = ::testing::TempDir() + "torch_lru_damaged.pt";
+  torch_lru::save_state_dict(*model, path);
+  std::ifstream in(path, std::ios::binary);
+  const std::string good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string noise(300, '\0');
+  for (size_t i = 0; i < noise.size(); ++i) noise[i] = static_cast<char>((i * 2654435761u) >> 7);
+  for (const std::string& bytes : {good.substr(0, good.size() / 2), good.substr(0, 64), std::string(), noise}) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+    expect_error([&] { torch_lru::load_state_dict(*model, path); }, "load_state_dict: cannot read " + path);
+  }
+  std::remove(path.c_str());
 }
 
 }  // namespace
