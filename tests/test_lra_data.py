@@ -284,3 +284,249 @@ def test_collate_pads_and_masks():
     assert batch["y"].tolist() == [1, 0]
     pixels = data.pack([(np.full((3, 1), 255), 0)], channels=1)
     assert data.collate(pixels, np.array([0]), multiple=1)["x"].tolist() == [[[1.0], [1.0], [1.0]]]
+
+
+# ---- hostile and careless files ----
+
+
+def write_listops(folder, train="( [MAX 1 2 ] )\t2\n", val="( [MIN 3 4 ] )\t3\n", test="( [SM 5 6 ] )\t1\n"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in (("train", train), ("val", val), ("test", test)):
+        (folder / f"basic_{name}.tsv").write_text("Source\tTarget\n" + body)
+
+
+@pytest.mark.parametrize(
+    "expression, problem",
+    [
+        ("( ( [MAX 1 2 ] )", r"1 '\(' not closed"),
+        ("( [MAX 1 2 ] ) )", r"a '\)' closes no '\('"),
+        ("( [MAX 1 2 )", r"1 operator\(s\) not closed by '\]'"),
+        ("( [MAX 1 2 ] ] )", r"a '\]' closes no operator"),
+        ("( [MIN ] )", "an operator with no arguments"),
+        ("1 2", "2 expressions side by side"),
+    ],
+)
+def test_listops_reader_refuses_malformed_expressions(tmp_path, expression, problem):
+    path = tmp_path / "basic_train.tsv"
+    path.write_text(f"Source\tTarget\n( [SM 1 2 ] )\t3\n{expression}\t4\n")
+    with pytest.raises(DataError, match=f"not a well-formed expression: {problem}") as info:
+        list(listops.read_tsv(path))
+    assert info.value.line == 3
+
+
+def test_listops_reader_accepts_every_generated_expression():
+    for text, _ in listops.generate(200, seed=4, min_length=1, max_length=300):
+        assert listops.check_structure(text) is None, text
+
+
+def test_random_bytes_in_a_tsv_name_the_file_and_line(tmp_path):
+    path = tmp_path / "basic_train.tsv"
+    path.write_bytes(b"Source\tTarget\n( [SM 1 2 ] )\t3\n\xff\xfe\x00garbage\t1\n")
+    with pytest.raises(DataError, match=r"basic_train.tsv:3: not UTF-8 text"):
+        list(listops.read_tsv(path))
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_a_header_only_listops_split_is_an_error(tmp_path, split):
+    write_listops(tmp_path, **{split: ""})
+    with pytest.raises(DataError, match=rf"basic_{split}.tsv: holds no expressions after its header"):
+        tasks.load_splits("listops", tmp_path, cache_dir=tmp_path / "cache")
+
+
+def test_other_empty_splits_are_errors(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / "tsv" / f"{split}.tsv").parent.mkdir(exist_ok=True)
+        (tmp_path / "tsv" / f"{split}.tsv").write_text("label\ttext\n" + ("1\tfine\n" if split == "train" else ""))
+    with pytest.raises(DataError, match=r"test.tsv: holds no reviews"):
+        tasks.load_splits("text", tmp_path / "tsv", cache_dir=tmp_path / "cache")
+    rng = np.random.default_rng(0)
+    (tmp_path / "fm").mkdir()
+    for n, name in ((0, "t10k"), (30, "train")):
+        write_idx(tmp_path / "fm" / f"{name}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / "fm" / f"{name}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte.gz: holds no images"):
+        tasks.load_splits("fmnist", tmp_path / "fm", cache_dir=tmp_path / "cache")
+    for n, name in ((3, "t10k"), (3, "train")):
+        write_idx(tmp_path / "fm" / f"{name}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / "fm" / f"{name}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    with pytest.raises(DataError, match=r"holds 3 rows, too few to hold out 10% for validation"):
+        tasks.load_splits("fmnist", tmp_path / "fm", cache_dir=tmp_path / "cache")
+    (tmp_path / "fm" / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b truncated gzip")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: cannot be read"):
+        tasks.load_splits("fmnist", tmp_path / "fm", cache_dir=tmp_path / "cache")
+
+
+@pytest.fixture
+def small_pathfinder(tmp_path):
+    root = tmp_path / "pf"
+    pathfinder.write_dataset(root, 12, pathfinder.LEVELS["pathfinder"], seed=0)
+    return root
+
+
+def rewrite_line(meta, index, folder, name):
+    lines = meta.read_text().splitlines()
+    fields = lines[index].split()
+    fields[0], fields[1] = folder, name
+    lines[index] = " ".join(fields)
+    meta.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    "folder, name",
+    [("imgs/0/../../..", "outside.png"), ("/etc", "passwd"), ("imgs/0", "../../../outside.png")],
+)
+def test_pathfinder_metadata_cannot_lead_out_of_the_data_folder(tmp_path, small_pathfinder, folder, name):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "outside.png")
+    meta = small_pathfinder / "metadata" / "0.npy"
+    rewrite_line(meta, 4, folder, name)
+    with pytest.raises(DataError, match=r"0.npy:5: names .*, which lies outside the data folder"):
+        tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+
+
+def test_pathfinder_links_out_of_the_data_folder_are_refused(tmp_path, small_pathfinder):
+    target = small_pathfinder / "imgs" / "0" / "sample_2.png"
+    (tmp_path / "elsewhere.png").write_bytes(target.read_bytes())
+    target.unlink()
+    target.symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(DataError, match=r"0.npy:3: names imgs/0/sample_2.png, which lies outside"):
+        tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+
+
+def test_pathfinder_bad_images_name_the_image_and_the_metadata_line(tmp_path, small_pathfinder):
+    from PIL import Image
+
+    image = small_pathfinder / "imgs" / "0" / "sample_5.png"
+    good = image.read_bytes()
+    image.write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DataError, match=r"0.npy:6: cannot read the image .*sample_5.png"):
+        tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+    image.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"0.npy:6: cannot read the image .*sample_5.png"):
+        tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(image)
+    with pytest.raises(DataError, match=r"0.npy:6: .*sample_5.png is 64x64 pixels, the images before it 32x32"):
+        tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+
+
+def test_pathfinder_needs_enough_images_for_its_split(tmp_path):
+    root = tmp_path / "pf"
+    pathfinder.write_dataset(root, 6, pathfinder.LEVELS["pathfinder"], seed=0)
+    with pytest.raises(DataError, match="lists 6 readable images; the 80/10/10 split needs at least 10"):
+        tasks.load_splits("pathfinder", root, cache_dir=tmp_path / "cache")
+    (root / "metadata" / "0.npy").write_text("\n")
+    with pytest.raises(DataError, match="the metadata files list no images"):
+        tasks.load_splits("pathfinder", root, cache_dir=tmp_path / "cache")
+
+
+def test_a_replaced_image_is_read_again_not_served_from_the_cache(tmp_path, small_pathfinder):
+    import os
+
+    from PIL import Image
+
+    first = tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+    every = np.concatenate([first[s].values.ravel() for s in ("train", "val", "test")])
+    image = small_pathfinder / "imgs" / "0" / "sample_0.png"
+    stat = image.stat()
+    Image.fromarray(np.full((32, 32), 77, dtype=np.uint8)).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old modification time
+    again = tasks.load_splits("pathfinder", small_pathfinder, cache_dir=tmp_path / "cache")
+    rows = [again[s].item(i).ravel() for s in ("train", "val", "test") for i in range(len(again[s]))]
+    assert any((r == 77).all() for r in rows)
+    assert not (every == 77).all()
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    write_listops(tmp_path / "lo")
+    tasks.load_splits("listops", tmp_path / "lo", cache_dir=tmp_path / "cache")
+    for offsets in (tmp_path / "cache").glob("listops-*/offsets.npy"):
+        np.save(offsets, np.array([0, 99], dtype=np.int64))
+    splits = tasks.load_splits("listops", tmp_path / "lo", cache_dir=tmp_path / "cache")
+    assert splits["train"].item(0).tolist() == [listops.TOKEN_ID[t] for t in ("[MAX", "1", "2", "X")]
+
+
+def test_a_missing_data_folder_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"nowhere: not a folder \(expected the listops files"):
+        tasks.load_splits("listops", tmp_path / "nowhere", cache_dir=tmp_path / "cache")
+
+
+def test_the_generators_refuse_impossible_requests():
+    with pytest.raises(ValueError, match="no expression has min_length < length < max_length"):
+        listops.generate(5, min_length=10, max_length=10)
+    with pytest.raises(ValueError, match="no expression has min_length < length < max_length"):
+        listops.generate(5, min_length=1, max_length=4)
+    with pytest.raises(ValueError, match="holds too few distinct expressions: 10 found, 20 wanted"):
+        listops.generate(20, min_length=-5, max_length=2)  # only the ten digits
+    with pytest.raises(ValueError, match="every split needs at least one expression"):
+        listops.write_splits("unused", (5, 0, 5))
+    with pytest.raises(ValueError, match="contour_length must be >= 1 paddle"):
+        pathfinder.write_dataset("unused", 4, pathfinder.LEVELS["pathfinder"], contour_length=0)
+    with pytest.raises(ValueError, match="number of images must be >= 1"):
+        pathfinder.write_dataset("unused", 0, pathfinder.LEVELS["pathfinder"])
+
+
+def make_data(*args, cwd=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo / "python"))
+    cmd = [sys.executable, str(repo / "scripts" / "make_lra_data.py"), *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train", "0"], "argument --train: must be >= 1, got 0"),
+        (["--train", "-5"], "argument --train: must be >= 1, got -5"),
+        (["--min-length", "60", "--max-length", "60"], "--min-length 60 --max-length 60: ListOps: no expression"),
+        (["--workers", "0"], "argument --workers: must be >= 1"),
+    ],
+)
+def test_make_lra_data_refuses_bad_arguments_at_once(tmp_path, args, message):
+    done = make_data("--task", "listops", "--out", tmp_path / "out", *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_lra_data_refuses_a_bad_contour_length(tmp_path):
+    done = make_data("--task", "pathfinder", "--out", tmp_path / "out", "--contour-length", "0")
+    assert done.returncode == 2 and "argument --contour-length: must be >= 1, got 0" in done.stderr
+
+
+def test_regenerating_a_smaller_set_leaves_nothing_stale(tmp_path, monkeypatch, capsys):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(pathfinder, "BATCH", 4)  # images per folder: several folders from a few images
+    script = str(Path(__file__).resolve().parents[1] / "scripts" / "make_lra_data.py")
+    out = tmp_path / "pf"
+
+    def make(train):
+        argv = [script, "--task", "pathfinder", "--out", str(out), "--train", str(train), "--val", "1", "--test", "1"]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as done:
+            runpy.run_path(script, run_name="__main__")
+        assert done.value.code == 0
+
+    make(10)
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == ["0.npy", "1.npy", "2.npy"]
+    make(2)
+    assert sorted(p.name for p in (out / "metadata").iterdir()) == ["0.npy"]
+    assert sorted(p.name for p in (out / "imgs").iterdir()) == ["0"]
+    assert len((out / "metadata" / "0.npy").read_text().splitlines()) == 4
+    make(2)
+    assert "already generated with these settings" in capsys.readouterr().out
+
+
+def test_make_lra_data_never_writes_over_files_it_did_not_make(tmp_path):
+    official = tmp_path / "listops-1000"
+    write_listops(official)
+    done = make_data("--task", "listops", "--out", official, "--train", "5", "--val", "2", "--test", "2")
+    assert done.returncode == 1 and "holds files this script did not write" in done.stderr
+    assert (official / "basic_train.tsv").read_text() == "Source\tTarget\n( [MAX 1 2 ] )\t2\n"

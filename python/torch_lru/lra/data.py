@@ -2,8 +2,8 @@
 
 A split is held as one flat array of token ids (or pixel values) with offsets, so reading it costs
 no parsing after the first time: the reader's output is written once to a cache directory (keyed
-by the source file's path, size and modification time and the reader's options) and memory-mapped
-afterwards.
+by the path, size, modification and change times of every file the reader reads, and the reader's
+options) and memory-mapped afterwards. A cache entry that cannot be read is rebuilt.
 """
 
 import hashlib
@@ -19,7 +19,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-CACHE_VERSION = 1
+from .errors import DataError
+
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -74,8 +76,12 @@ def pack(rows: Iterable[tuple[np.ndarray, int]], channels: int = 0, dtype=np.uin
 def _fingerprint(sources: Sequence[Path], options: dict) -> str:
     parts = [f"v{CACHE_VERSION}", json.dumps(options, sort_keys=True)]
     for src in sources:
-        st = os.stat(src)
-        parts.append(f"{Path(src).resolve()}:{st.st_size}:{st.st_mtime_ns}")
+        try:
+            st = os.stat(src)
+        except OSError as e:
+            raise DataError(src, f"cannot be read ({e.strerror})") from None
+        # The change time moves with any rewrite, even one that restores the modification time.
+        parts.append(f"{Path(src).resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
@@ -91,13 +97,19 @@ def _load(folder: Path, channels: int, prefix: str = "") -> Split:
     second = None
     if (folder / f"{prefix}second_values.npy").exists():
         second = _load(folder, channels, prefix + "second_")
-    return Split(
-        np.load(folder / f"{prefix}values.npy", mmap_mode="r"),
-        np.load(folder / f"{prefix}offsets.npy"),
-        np.load(folder / f"{prefix}labels.npy"),
-        channels,
-        second,
+    values = np.load(folder / f"{prefix}values.npy", mmap_mode="r")
+    offsets = np.load(folder / f"{prefix}offsets.npy")
+    labels = np.load(folder / f"{prefix}labels.npy")
+    consistent = (
+        offsets.ndim == 1
+        and len(offsets) == len(labels) + 1
+        and offsets[0] == 0
+        and offsets[-1] == values.size
+        and bool(np.all(np.diff(offsets) >= 0))
     )
+    if not consistent:
+        raise ValueError(f"{folder}: inconsistent cache entry")
+    return Split(values, offsets, labels, channels, second)
 
 
 def cached(
@@ -107,11 +119,15 @@ def cached(
     build: Callable[[], Split],
     cache_dir: Optional[Path] = None,
 ) -> Split:
-    """The split ``build()`` makes, from the cache when its sources have not changed."""
+    """The split ``build()`` makes, from the cache when none of ``sources`` (every file the reader
+    reads) has changed."""
     folder = Path(cache_dir or default_cache_dir()) / f"{name}-{_fingerprint(sources, options)}"
     meta = folder / "meta.json"
     if meta.exists():
-        return _load(folder, json.loads(meta.read_text())["channels"])
+        try:
+            return _load(folder, json.loads(meta.read_text())["channels"])
+        except (OSError, ValueError, KeyError, EOFError):  # a damaged entry: build it again
+            shutil.rmtree(folder, ignore_errors=True)
     split = build()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".partial-"))

@@ -182,10 +182,14 @@ def write_dataset(
     out, n: int, level: Level, seed: int = 0, workers: int = 1, contour_length: Optional[int] = None
 ) -> list[Path]:
     """Writes n images in the official layout; the same images for the same seed, any worker count."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if n < 1:
+        raise ValueError(f"Pathfinder: the number of images must be >= 1, got {n}")
     if contour_length is not None:
         level = replace(level, contour_length=contour_length)
+    if level.contour_length < 1:
+        raise ValueError(f"Pathfinder: contour_length must be >= 1 paddle, got {level.contour_length}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     jobs = [(out, b, b * BATCH, min(BATCH, n - b * BATCH), level, str(seed)) for b in range((n + BATCH - 1) // BATCH)]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -23,13 +23,15 @@ import gzip
 import pickle
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from . import listops
 from .data import Split, cached, pack
-from .errors import DataError
+from .errors import DataError, text_lines
 
 BYTE_VOCAB = 257  # byte b is token b + 1; 0 is padding
 FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -58,6 +60,13 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _nonempty(split: Split, path: Path, what: str) -> Split:
+    """Every split a reader returns holds at least one row."""
+    if len(split) == 0:
+        raise DataError(path, f"holds no {what}")
+    return split
+
+
 def _bytes(text: str, max_length: int) -> np.ndarray:
     return np.frombuffer(text.encode("utf-8")[:max_length], dtype=np.uint8).astype(np.uint16) + 1
 
@@ -69,21 +78,29 @@ def _listops(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
     out = {}
     for split in listops.SPLITS:
         path = _need(data_dir / f"basic_{split}.tsv", "LRA's listops-1000/basic_{train,val,test}.tsv")
-        out[split] = cached("listops", [path], {}, lambda p=path: pack(listops.read_tsv(p)), cache_dir)
+        build = lambda p=path: _nonempty(pack(listops.read_tsv(p)), p, "expressions after its header")  # noqa: E731
+        out[split] = cached("listops", [path], {}, build, cache_dir)
     return out
 
 
 # ---- Text (IMDB, byte level) ----
 
 
-def _imdb_rows(folder: Path, max_length: int) -> Iterator[tuple[np.ndarray, int]]:
+def _imdb_files(folder: Path) -> list[tuple[Path, int]]:
+    """(review file, label) of an aclImdb split folder, negatives first."""
+    out = []
     for label, name in ((0, "neg"), (1, "pos")):
         sub = _need(folder / name, "aclImdb's {train,test}/{pos,neg}/ folders")
         files = sorted(sub.glob("*.txt"))
         if not files:
             raise DataError(sub, "no <id>_<rating>.txt reviews in this folder")
-        for f in files:
-            yield _bytes(f.read_text(encoding="utf-8", errors="replace"), max_length), label
+        out += [(f, label) for f in files]
+    return out
+
+
+def _imdb_rows(files: list[tuple[Path, int]], max_length: int) -> Iterator[tuple[np.ndarray, int]]:
+    for f, label in files:
+        yield _bytes(f.read_text(encoding="utf-8", errors="replace"), max_length), label
 
 
 def _tsv_rows(path: Path, max_length: int) -> Iterator[tuple[np.ndarray, int]]:
@@ -108,15 +125,15 @@ def _text(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
     if (data_dir / "train.tsv").exists():
         for split in ("train", "test"):
             path = _need(data_dir / f"{split}.tsv", "train.tsv and test.tsv (label<TAB>text)")
-            build = lambda p=path: pack(_tsv_rows(p, max_length), dtype=np.uint16)  # noqa: E731
+            build = lambda p=path: _nonempty(pack(_tsv_rows(p, max_length), dtype=np.uint16), p, "reviews")  # noqa: E731
             out[split] = cached("text-tsv", [path], {"max_length": max_length}, build, cache_dir)
         out["val"] = out["test"]
         return out
     for split in ("train", "test"):
         folder = _need(data_dir / split, "the aclImdb layout DIR/{train,test}/{pos,neg}/*.txt")
-        sources = [folder / "pos", folder / "neg"]
-        build = lambda f=folder: pack(_imdb_rows(f, max_length), dtype=np.uint16)  # noqa: E731
-        out[split] = cached("text", sources, {"max_length": max_length}, build, cache_dir)
+        files = _imdb_files(folder)
+        build = lambda f=files: pack(_imdb_rows(f, max_length), dtype=np.uint16)  # noqa: E731
+        out[split] = cached("text", [f for f, _ in files], {"max_length": max_length}, build, cache_dir)
     out["val"] = out["test"]
     return out
 
@@ -190,11 +207,11 @@ def _image(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
 
     def build(files):
         rows = [row for f in files for row in _cifar_batch(f, grey)]
-        return pack(rows, channels=channels)
+        return _nonempty(pack(rows, channels=channels), files[-1], "images")
 
     train = cached("image", train_files, {"grey": grey}, lambda: build(train_files), cache_dir)
     test = cached("image", [test_file], {"grey": grey}, lambda: build([test_file]), cache_dir)
-    return {**_holdout(train, 0.1), "test": test}
+    return {**_holdout(train, 0.1, data_dir / "data_batch_5"), "test": test}
 
 
 # ---- Sequential Fashion-MNIST (784 steps) ----
@@ -202,8 +219,11 @@ def _image(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
 
 def _idx(path: Path, ndim: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(path, f"cannot be read ({e})") from None
     magic = int.from_bytes(raw[:4], "big")
     if magic != 0x800 + ndim:
         raise DataError(path, f"not an IDX file of {ndim} dimensions (magic {magic:#x}, expected {0x800 + ndim:#x})")
@@ -232,47 +252,92 @@ def _fmnist(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
             x, y = _idx(images, 3), _idx(labels, 1)
             if len(x) != len(y):
                 raise DataError(labels, f"{len(y)} labels for {len(x)} images in {images}")
+            if len(x) == 0:
+                raise DataError(images, "holds no images")
             return pack(zip(x.reshape(len(x), -1, 1), y.astype(np.int64)), channels=1)
 
         out[split] = cached("fmnist", [images, labels], {}, build, cache_dir)
-    return {**_holdout(out["train"], 0.1), "test": out["test"]}
+    return {**_holdout(out["train"], 0.1, _find(data_dir, "train-images-idx3-ubyte")), "test": out["test"]}
 
 
 # ---- Pathfinder / Path-X ----
 
 
-def read_pathfinder(root: Path) -> Iterator[tuple[np.ndarray, int]]:
-    """(pixels (H*W, 1), label) for every image the metadata files list; the empty image of the
-    official release is skipped."""
-    from PIL import Image  # pillow, a dependency of matplotlib
+@dataclass(frozen=True)
+class ImageEntry:
+    """One line of a Pathfinder metadata file: where it is, the image it names, and its label."""
 
+    meta: Path
+    line: int
+    image: Path
+    label: int
+
+
+def list_pathfinder(root: Path) -> list[ImageEntry]:
+    """Every image the metadata files list, checked: each line well formed, each image a file
+    inside ``root`` (no '..' or absolute path leads out of it, nor a link), at least one image."""
     meta_dir = _need(root / "metadata", "the Pathfinder layout DIR/{imgs/<batch>/sample_<i>.png, metadata/<batch>.npy}")
     files = sorted(meta_dir.glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
     if not files:
         raise DataError(meta_dir, "no metadata/<batch>.npy files")
+    inside = root.resolve()
+    entries = []
     for meta in files:
-        with open(meta) as f:
-            for lineno, line in enumerate(f, start=1):
-                fields = line.split()
-                if not fields:
-                    continue
-                if len(fields) < 4 or fields[3] not in ("0", "1"):
-                    raise DataError(meta, "expected 'folder file _ label ...' with label 0 or 1", lineno)
-                path = root / fields[0] / fields[1]
-                if not path.exists():
-                    raise DataError(meta, f"lists {path}, which does not exist", lineno)
-                if path.stat().st_size == 0:
-                    continue  # the release's known empty file (pathfinder32/curv_baseline/imgs/0/sample_172.png)
-                with Image.open(path) as im:
-                    pixels = np.asarray(im.convert("L"), dtype=np.uint8)
-                yield pixels.reshape(-1, 1), int(fields[3])
+        for lineno, line in text_lines(meta):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4 or fields[3] not in ("0", "1"):
+                raise DataError(meta, "expected 'folder file _ label ...' with label 0 or 1", lineno)
+            image = (root / fields[0] / fields[1]).resolve()
+            if not image.is_relative_to(inside):
+                raise DataError(
+                    meta, f"names {fields[0]}/{fields[1]}, which lies outside the data folder {inside}", lineno
+                )
+            if not image.is_file():
+                raise DataError(meta, f"lists {root / fields[0] / fields[1]}, which does not exist", lineno)
+            entries.append(ImageEntry(meta, lineno, image, int(fields[3])))
+    if not entries:
+        raise DataError(meta_dir, "the metadata files list no images")
+    return entries
+
+
+def read_pathfinder(root: Path, entries: Optional[list[ImageEntry]] = None) -> Iterator[tuple[np.ndarray, int]]:
+    """(pixels (H*W, 1), label) for every image the metadata files list, all of one size; the
+    empty image of the official release is skipped."""
+    from PIL import Image, UnidentifiedImageError  # pillow, a dependency of matplotlib
+
+    shape = None
+    for e in entries if entries is not None else list_pathfinder(root):
+        if e.image.stat().st_size == 0:
+            continue  # the release's known empty file (pathfinder32/curv_baseline/imgs/0/sample_172.png)
+        try:
+            with Image.open(e.image) as im:
+                pixels = np.asarray(im.convert("L"), dtype=np.uint8)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise DataError(e.meta, f"cannot read the image {e.image}: {err}", e.line) from None
+        if shape is None:
+            shape = pixels.shape
+        elif pixels.shape != shape:
+            raise DataError(
+                e.meta,
+                f"{e.image} is {pixels.shape[1]}x{pixels.shape[0]} pixels, the images before it "
+                f"{shape[1]}x{shape[0]} (one task has one image size)",
+                e.line,
+            )
+        yield pixels.reshape(-1, 1), e.label
 
 
 def _pathfinder(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
-    metas = sorted((data_dir / "metadata").glob("*.npy")) if (data_dir / "metadata").exists() else []
-    every = cached(
-        "pathfinder", metas or [data_dir], {}, lambda: pack(read_pathfinder(data_dir), channels=1), cache_dir
-    )
+    entries = list_pathfinder(data_dir)
+    # The cache covers the metadata files and every image they list.
+    sources = sorted({e.meta for e in entries}) + [e.image for e in entries]
+    build = lambda: pack(read_pathfinder(data_dir, entries), channels=1)  # noqa: E731
+    every = cached("pathfinder", sources, {}, build, cache_dir)
+    if len(every) < 10:
+        raise DataError(
+            data_dir / "metadata", f"lists {len(every)} readable images; the 80/10/10 split needs at least 10"
+        )
     rng = np.random.default_rng(int(opts.get("split_seed", 0)))
     order = rng.permutation(len(every))
     n_val = n_test = len(every) // 10
@@ -283,8 +348,10 @@ def _pathfinder(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
     }
 
 
-def _holdout(train: Split, fraction: float) -> dict[str, Split]:
+def _holdout(train: Split, fraction: float, source: Path) -> dict[str, Split]:
     n_val = int(round(len(train) * fraction))
+    if n_val < 1 or n_val >= len(train):
+        raise DataError(source, f"holds {len(train)} rows, too few to hold out {fraction:.0%} for validation")
     index = np.arange(len(train))
     return {"train": train.subset(index[: len(train) - n_val]), "val": train.subset(index[len(train) - n_val :])}
 
@@ -300,11 +367,20 @@ READERS = {
 }
 
 
-def load_splits(task: str, data_dir, options: dict = None, cache_dir=None) -> dict[str, Split]:
+def resolve_data_dir(task: str, data_dir) -> Path:
+    """The task's data folder: ``data_dir``, or the task's default (Fashion-MNIST: Debian's)."""
     task_info(task)
-    data_dir = Path(data_dir) if data_dir else (FMNIST_DEBIAN if task == "fmnist" else None)
-    if data_dir is None:
+    if not data_dir and task != "fmnist":
         raise ValueError(f"task {task!r} needs --data-dir")
+    folder = Path(data_dir) if data_dir else FMNIST_DEBIAN
+    if not folder.is_dir():
+        hint = " (apt-get install dataset-fashion-mnist provides them)" if task == "fmnist" else ""
+        raise DataError(folder, f"not a folder (expected the {task} files in their official layout{hint})")
+    return folder
+
+
+def load_splits(task: str, data_dir, options: dict = None, cache_dir=None) -> dict[str, Split]:
+    data_dir = resolve_data_dir(task, data_dir)
     opts = dict(options or {})
     limits = {name: opts.pop(f"{name}_rows", None) for name in ("train", "val", "test")}
     splits = READERS[task](data_dir, opts, cache_dir)
