@@ -39,7 +39,10 @@ def run_one(task, layer, seed, args):
     out = Path(args.out) / task / layer / f"seed{seed}"
     done = out / "summary.json"
     if done.exists():
-        return json.loads(done.read_text())
+        try:
+            return json.loads(done.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            print(f"{done}: unreadable; running again", flush=True)
     name, overrides = REDUCED[task]
     steps = args.steps[task]
     config = training.load_config(

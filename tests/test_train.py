@@ -12,9 +12,11 @@ import pytest
 import torch
 
 from torch_lru import train as training
+from torch_lru.checkpoint import CheckpointError, load_checkpoint
 from torch_lru.lra import listops
 
 REPO = Path(__file__).resolve().parents[1]
+REAL_FORWARD = training.forward
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,9 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, listops_dir):
     assert stopped == {"stopped_at": 12}
     assert not (tmp_path / "split" / "summary.json").exists()
     run(config, tmp_path / "split", listops_dir, tmp_path, max_steps=24, resume=True)
-    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
-    split = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
-    assert whole["state"]["step"] == split["state"]["step"] == 24
+    whole = load_checkpoint(tmp_path / "whole" / "last.pt")
+    split = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert whole["progress"]["step"] == split["progress"]["step"] == 24
     for key, value in whole["model"].items():
         assert torch.equal(value, split["model"][key]), key
     assert read_metrics(tmp_path / "whole" / "metrics.csv")[-1] == read_metrics(tmp_path / "split" / "metrics.csv")[-1]
@@ -88,27 +90,90 @@ def test_resume_needs_a_checkpoint(tmp_path, listops_dir):
         run(tiny_config(), tmp_path / "none", listops_dir, tmp_path, max_steps=4, resume=True)
 
 
-def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, listops_dir, monkeypatch):
-    out = tmp_path / "run"
-    real_forward = training.forward
+def poison_training_forward(monkeypatch, after: int, value=float("nan"), steps=None):
+    """From the ``after``-th training forward on (or in the given ones), the logits become ``value``."""
+    real_forward = REAL_FORWARD
     calls = {"train": 0}
 
     def poisoned(model, batch, device, amp_dtype):
         logits = real_forward(model, batch, device, amp_dtype)
         if model.training:
             calls["train"] += 1
-            if calls["train"] > 10:
-                return logits * float("nan")
+            if (steps is None and calls["train"] > after) or (steps is not None and calls["train"] in steps):
+                return logits * value
         return logits
 
     monkeypatch.setattr(training, "forward", poisoned)
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, listops_dir, monkeypatch):
+    config = tiny_config()
+    poison_training_forward(monkeypatch, 0, steps={5, 6})
+    run(config, tmp_path / "before", listops_dir, tmp_path, max_steps=16, stop_after=4)
+    poison_training_forward(monkeypatch, 0, steps={5, 6})
+    run(config, tmp_path / "after", listops_dir, tmp_path, max_steps=16, stop_after=6)
+    before, after = (load_checkpoint(tmp_path / name / "last.pt") for name in ("before", "after"))
+    # Steps 5 and 6 changed nothing: no update, the norms' running statistics put back.
+    assert after["progress"]["skipped_steps"] == 2 and after["progress"]["step"] == 6
+    assert any("running_mean" in k for k in after["model"])
+    for key, value in before["model"].items():
+        assert torch.equal(value, after["model"][key]), key
+    poison_training_forward(monkeypatch, 0, steps={5, 6})
+    summary = run(config, tmp_path / "whole", listops_dir, tmp_path, max_steps=16)
+    assert summary["skipped_steps"] == 2 and summary["steps"] == 16
+
+
+def test_a_run_of_non_finite_steps_stops_and_keeps_the_last_good_checkpoint(tmp_path, listops_dir, monkeypatch):
+    out = tmp_path / "run"
+    poison_training_forward(monkeypatch, 10)
     with pytest.raises(
-        training.NonFiniteLoss, match=r"loss is nan at step 11: stopping; the last good checkpoint is .*last.pt"
+        training.NonFiniteLoss,
+        match=r"not finite in 10 steps in a row \(the last at step 20, loss nan\): stopping; "
+        r"the last good checkpoint is .*last.pt",
     ):
         run(tiny_config(), out, listops_dir, tmp_path, max_steps=40)
-    kept = torch.load(out / "last.pt", weights_only=False)
-    assert kept["state"]["step"] == 8
-    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    kept = load_checkpoint(out / "last.pt")
+    assert kept["progress"]["step"] == 16 and kept["progress"]["skipped_steps"] == 6
+    model = training.build_model(kept["config"], training.tasks.task_info("listops"))
+    model.load_state_dict(kept["model"])
+    model.eval()
+    split = training.tasks.load_splits("listops", listops_dir, cache_dir=tmp_path / "cache")["val"]
+    batch = training.lra_data.collate(split, list(range(16)))
+    assert torch.isfinite(model(batch["x"], batch["mask"])).all()  # the kept state gives finite outputs
+
+
+def test_non_finite_weights_are_never_saved_and_a_nan_validation_never_wins(tmp_path, listops_dir, monkeypatch):
+    real_evaluate = training.evaluate
+    evals = {"n": 0}
+
+    def nan_second_eval(*args):
+        evals["n"] += 1
+        loss, acc = real_evaluate(*args)
+        return (float("nan"), 1.0) if evals["n"] == 2 else (loss, acc)
+
+    monkeypatch.setattr(training, "evaluate", nan_second_eval)
+    out = tmp_path / "run"
+    with pytest.raises(training.NonFiniteLoss, match=r"the validation loss is nan at step 16: stopping"):
+        run(tiny_config(), out, listops_dir, tmp_path, max_steps=40)
+    assert load_checkpoint(out / "last.pt")["progress"]["step"] == 8
+    assert load_checkpoint(out / "best.pt")["step"] == 8
+    monkeypatch.undo()
+
+    # Weights that became non-finite are not written: the run stops at its next save.
+    original = training.train_step
+
+    def corrupting_step(run_, batch):
+        result = original(run_, batch)
+        if run_.optimizer.state and evals.setdefault("steps", 0) == 0:
+            with torch.no_grad():
+                next(run_.model.parameters()).view(-1)[0] = float("inf")
+            evals["steps"] = 1
+        return result
+
+    monkeypatch.setattr(training, "train_step", corrupting_step)
+    with pytest.raises(training.NonFiniteLoss):
+        run(tiny_config(), tmp_path / "inf", listops_dir, tmp_path, max_steps=40)
+    assert not (tmp_path / "inf" / "last.pt").exists() and not (tmp_path / "inf" / "best.pt").exists()
 
 
 def test_two_process_ddp_with_gloo(tmp_path, listops_dir):
@@ -155,19 +220,11 @@ def test_two_process_ddp_with_gloo(tmp_path, listops_dir):
     rows = read_metrics(out / "metrics.csv")
     assert [r["step"] for r in rows if r["split"] == "val"] == ["4", "8"]
     assert done.stdout.count("best val accuracy") == 1
-    ckpt = torch.load(out / "last.pt", weights_only=False)
+    ckpt = load_checkpoint(out / "last.pt")
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["cpu"], ckpt["rng"][1]["cpu"])
 
 
-def test_configs_and_overrides():
-    config = training.load_config("listops", ["train.batch_size=8", "model.dropout=0.25", "data.note=text"])
-    assert (
-        config["train"]["batch_size"] == 8 and config["model"]["dropout"] == 0.25 and config["data"]["note"] == "text"
-    )
-    with pytest.raises(FileNotFoundError, match="one of: fmnist, image, listops"):
-        training.load_config("nonsense")
-    with pytest.raises(ValueError, match="is not key=value"):
-        training.load_config("listops", ["train.batch_size"])
+def test_every_config_builds_a_model():
     for name in sorted(p.stem for p in training.CONFIG_DIR.glob("*.json")):
         c = training.load_config(name)
         assert set(c) >= {"task", "_sources", "data", "model", "optim", "train"}, name
@@ -251,3 +308,127 @@ def test_colour_images_train_with_three_input_channels(tmp_path):
     run(config, tmp_path / "out", folder, tmp_path, max_steps=2)
     state = torch.load(tmp_path / "out" / "best_model.pt", weights_only=True)
     assert state["encoder.weight"].shape == (8, 3)
+
+
+# ---- hostile files, faults and changed settings ----
+
+
+class Planted:
+    """A pickle that would create a file when unpickled: what a hostile checkpoint could do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_checkpoints_holding_code_are_refused_not_run(tmp_path, listops_dir):
+    import torch_lru
+
+    marker = tmp_path / "code-ran"
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": {}, "payload": Planted(marker)}, hostile)
+    with pytest.raises(CheckpointError, match=r"hostile.pt: refused: it holds getattr, not only tensors"):
+        load_checkpoint(hostile)
+    model = torch_lru.LRU(4, 2)
+    with pytest.raises(CheckpointError, match="refused"):
+        torch_lru.load_state_dict(model, hostile)
+    out = tmp_path / "run"
+    run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, stop_after=8)
+    torch.save({"model": {}, "payload": Planted(marker)}, out / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt: refused"):
+        run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, resume=True)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_checkpoints_are_named(tmp_path, listops_dir):
+    out = tmp_path / "run"
+    run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, stop_after=8)
+    last = out / "last.pt"
+    good = last.read_bytes()
+    for broken in (good[: len(good) // 2], good[:64], b"", b"\x00" * 100):
+        last.write_bytes(broken)
+        with pytest.raises(CheckpointError, match=r"last.pt: not a readable torch.save file, truncated or corrupt"):
+            run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, resume=True)
+    torch.save({"model": {}}, last)
+    with pytest.raises(CheckpointError, match=r"last.pt: not a training checkpoint of this version \(no optimizer"):
+        run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, resume=True)
+
+
+def test_a_full_disk_never_damages_the_last_checkpoint(tmp_path, listops_dir):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    out = tmp_path / "run"
+    run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, stop_after=8)
+    before = (out / "last.pt").read_bytes()
+    (out / "last.pt.partial").symlink_to("/dev/full")  # every write of the next checkpoint fails: ENOSPC
+    with pytest.raises(CheckpointError, match=r"last.pt: could not be written .*is the disk full\?"):
+        run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, resume=True)
+    assert (out / "last.pt").read_bytes() == before and not (out / "last.pt.partial").exists()
+    run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, resume=True)  # space again: it goes on
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"optim": {"lr": 0.02}}, "optim.lr: 0.01 in the checkpoint, 0.02 now"),
+        ({"train": {"batch_size": 8}}, "train.batch_size: 16 in the checkpoint, 8 now"),
+        ({"train": {"seed": 3}}, "train.seed: 0 in the checkpoint, 3 now"),
+        ({"max_steps": 20}, "total_steps: 16 in the checkpoint, 20 now"),
+        ({"data_dir": "copy"}, "data_dir: "),
+    ],
+)
+def test_resume_refuses_settings_that_break_exact_resumption(tmp_path, listops_dir, change, message):
+    import shutil
+
+    out = tmp_path / "run"
+    run(tiny_config(), out, listops_dir, tmp_path, max_steps=16, stop_after=8)
+    config, data_dir, max_steps = tiny_config(), listops_dir, change.get("max_steps", 16)
+    for section in ("optim", "train"):
+        config[section].update(change.get(section, {}))
+    if "data_dir" in change:
+        data_dir = tmp_path / "copy"
+        shutil.copytree(listops_dir, data_dir)
+    with pytest.raises(training.RunError, match=r"--resume: .*last.pt was made with other settings") as info:
+        run(config, out, data_dir, tmp_path, max_steps=max_steps, resume=True)
+    assert message in str(info.value)
+    assert load_checkpoint(out / "last.pt")["config"]["optim"]["lr"] == 0.01  # nothing recorded that is not in use
+
+
+def test_resume_gives_the_same_metrics_file_as_an_uninterrupted_run(tmp_path, listops_dir):
+    config = tiny_config()
+    config["train"].update(log_every=4, eval_every=6)  # a checkpoint in the middle of a logging window
+    run(config, tmp_path / "whole", listops_dir, tmp_path, max_steps=24)
+    run(config, tmp_path / "split", listops_dir, tmp_path, max_steps=24, stop_after=6)
+    run(config, tmp_path / "split", listops_dir, tmp_path, max_steps=24, resume=True)
+    timeless = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    whole = read_metrics(tmp_path / "whole" / "metrics.csv")
+    assert timeless(read_metrics(tmp_path / "split" / "metrics.csv")) == timeless(whole)
+    assert [r["step"] for r in whole if r["split"] == "train"] == ["4", "8", "12", "16", "20", "24"]
+
+
+def test_empty_splits_and_bad_settings_fail_at_once(tmp_path, listops_dir):
+    import shutil
+
+    empty = tmp_path / "empty"
+    shutil.copytree(listops_dir, empty)
+    (empty / "basic_train.tsv").write_text("Source\tTarget\n")
+    with pytest.raises(training.tasks.DataError, match="basic_train.tsv: holds no expressions after its header"):
+        run(tiny_config(), tmp_path / "out", empty, tmp_path, max_steps=4)
+    with pytest.raises(training.RunError, match="max_steps must be >= 1, got 0"):
+        run(tiny_config(), tmp_path / "out", listops_dir, tmp_path, max_steps=0)
+    with pytest.raises(training.RunError, match="task listops needs its data folder"):
+        run(tiny_config(), tmp_path / "out", None, tmp_path, max_steps=4)
+
+
+def test_the_training_script_reports_a_damaged_checkpoint_in_one_line(tmp_path, listops_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), TORCH_LRU_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, str(REPO / "scripts" / "train_lra.py"), "--config", "listops_small", "--resume"]
+    cmd += ["--data-dir", str(listops_dir), "--out", str(out), "--device", "cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"train_lra.py: {out / 'last.pt'}: not a readable torch.save file" in done.stderr
