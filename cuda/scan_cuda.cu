@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <cub/thread/thread_load.cuh>
 #include <cub/thread/thread_store.cuh>
 #include <cuda/atomic>
@@ -38,28 +39,53 @@ struct TileStatusArrays {
 
 using DeviceFlag = cuda::atomic_ref<int, cuda::thread_scope_device>;
 
-// Statuses are written by other blocks: read them from L2 (cache-global), never a stale L1 line.
+__device__ inline uint64_t global_time_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// The look-back's memory operations (the Statuses of torch_lru/scan_tiles.h) on the GPU. Flags
+// are read relaxed, a window of them at once, then one acquire fence orders the value loads after
+// them; values are written by other blocks, so they are read from L2 (cache-global), never from a
+// stale L1 line. A tile that waits longer than `timeout_ns` for a predecessor (0: for ever) says
+// which and stops the kernel, rather than spin until the process is killed.
 template <typename T>
-__device__ inline T load_published(T* p) {
-  return cub::ThreadLoad<cub::LOAD_CG>(p);
-}
+struct DeviceStatuses {
+  TileStatusArrays<T> arrays;
+  uint64_t timeout_ns;
+  int64_t tile;
+  uint64_t since = 0;
 
-// Waits for predecessor `slot` to publish; in deterministic mode for its end state only, so that
-// every carry is formed the same way in every run (at the cost of serialising each chain).
-__device__ inline int wait_for(int* flag, bool deterministic) {
-  DeviceFlag f(*flag);
-  int status = f.load(cuda::memory_order_acquire);
-  while (status == kTileEmpty || (deterministic && status != kTilePrefix)) {
-    __nanosleep(64);
-    status = f.load(cuda::memory_order_acquire);
+  __device__ int status(int64_t slot) const { return DeviceFlag(arrays.flag[slot]).load(cuda::memory_order_relaxed); }
+  __device__ void acquire() const { cuda::atomic_thread_fence(cuda::memory_order_acquire, cuda::thread_scope_device); }
+  __device__ Affine<T> aggregate(int64_t slot) const { return cub::ThreadLoad<cub::LOAD_CG>(&arrays.aggregate[slot]); }
+  __device__ T end_state(int64_t slot) const { return cub::ThreadLoad<cub::LOAD_CG>(&arrays.end_state[slot]); }
+  __device__ void set_aggregate(int64_t slot, const Affine<T>& v) const { arrays.aggregate[slot] = v; }
+  __device__ void set_end_state(int64_t slot, T v) const { arrays.end_state[slot] = v; }
+  __device__ void publish(int64_t slot, int status) const {
+    DeviceFlag(arrays.flag[slot]).store(status, cuda::memory_order_release);
   }
-  return status;
-}
+  __device__ void wait(int64_t slot, int round) {
+    const uint64_t now = global_time_ns();
+    if (round == 0) {
+      since = now;
+    } else if (timeout_ns != 0 && now - since > timeout_ns) {
+      printf(
+          "torch_lru::scan: tile %lld waited %llu ms for the tile status at slot %lld, which never came; stopping "
+          "the kernel (TORCH_LRU_SCAN_TIMEOUT_MS sets the limit)\n",
+          static_cast<long long>(tile), static_cast<unsigned long long>((now - since) / 1000000),
+          static_cast<long long>(slot));
+      __trap();
+    }
+    __nanosleep(round < 5 ? 32u << round : 1024u);  // back off: 32 ns doubling to 1 us
+  }
+};
 
-template <typename Traits, typename T, typename Steps>
+template <typename Steps, typename Traits = ScanTileTraits<Steps>, typename T = typename Steps::value_type>
 __global__ void __launch_bounds__(Traits::kThreads)
     tiled_scan_kernel(const Steps steps, const TileGrid grid, const TileStatusArrays<T> status, T* lam_partial,
-                      const bool deterministic) {
+                      const bool deterministic, const uint64_t timeout_ns) {
   constexpr int C = Traits::kChannels, S = Traits::kSegments, I = Traits::kItems;
   // Raw storage: c10::complex has constructors, which __shared__ variables may not.
   __shared__ unsigned int tile_id;
@@ -77,38 +103,19 @@ __global__ void __launch_bounds__(Traits::kThreads)
   const int64_t b = tile.batch, n = tile.channel0 + lane;
   const bool live = n < grid.N;
   const int64_t s0 = tile.segment_begin(grid, seg, I);
+  // A time-invariant coefficient, read once for all the thread's steps.
+  const T a_n = Steps::kTimeInvariant && live ? steps.channel_coefficient(n) : T(0);
 
-  T a[I], x[I];
-  maps[seg * C + lane] = live ? load_segment<I>(steps, b, n, s0, a, x) : Affine<T>::identity();
+  SegmentRegisters<T, I> r;
+  maps[seg * C + lane] = live ? load_segment<I>(steps, b, n, s0, a_n, r) : Affine<T>::identity();
   __syncthreads();
 
   if (seg == 0 && live) {  // one warp resolves the tile's carry-in, a lane per channel
     Affine<T> total = Affine<T>::identity();
     for (int j = 0; j < S; ++j) total = combine(total, maps[j * C + lane]);
-    const int64_t slot = tile.id * C + lane;
-    T carry_in;
-    if (tile.chunk == 0) {
-      carry_in = steps.initial(b, n);
-    } else {
-      if (!deterministic) {
-        status.aggregate[slot] = total;
-        DeviceFlag(status.flag[slot]).store(kTileAggregate, cuda::memory_order_release);
-      }
-      Affine<T> acc = Affine<T>::identity();
-      for (int64_t j = tile.predecessor(grid);; j -= grid.chains()) {
-        const int64_t pred = j * C + lane;
-        const int st = wait_for(&status.flag[pred], deterministic);
-        const bool prefix = st == kTilePrefix;
-        const Affine<T> agg = prefix ? Affine<T>::identity() : load_published(&status.aggregate[pred]);
-        const T end = prefix ? load_published(&status.end_state[pred]) : T(0);
-        if (lookback_fold(st, agg, end, acc, carry_in)) break;
-      }
-    }
-    if (tile.chunk + 1 < grid.chunks()) {
-      status.end_state[slot] = total.apply(carry_in);
-      DeviceFlag(status.flag[slot]).store(kTilePrefix, cuda::memory_order_release);
-    }
-    carry[lane] = carry_in;
+    DeviceStatuses<T> statuses{status, timeout_ns, tile.id};
+    carry[lane] = resolve_carry<Traits::kLookbackWindow, T>(statuses, grid, tile, lane, total, steps.initial(b, n),
+                                                            deterministic);
   }
   __syncthreads();
 
@@ -116,7 +123,7 @@ __global__ void __launch_bounds__(Traits::kThreads)
   if (live) {
     const T state = segment_carry(
         carry[lane], [&](int j) { return maps[j * C + lane]; }, seg);
-    share = scan_segment<I>(steps, b, n, s0, a, x, state);
+    share = scan_segment<I>(steps, b, n, s0, a_n, r, state);
   }
   if constexpr (Steps::kReducesLam) {
     shares[seg * C + lane] = share;
@@ -129,21 +136,39 @@ __global__ void __launch_bounds__(Traits::kThreads)
   }
 }
 
-// The tiles of a problem for dtype T, checked against the launch limits.
-template <typename T>
+// How long a tile may wait for a predecessor before the kernel stops with a message:
+// TORCH_LRU_SCAN_TIMEOUT_MS (default 60 s; 0: no limit). Tiles are claimed in order and every
+// predecessor is already running, so a wait that long means a fault, not load.
+uint64_t lookback_timeout_ns() {
+  static const uint64_t ns = [] {
+    const char* text = std::getenv("TORCH_LRU_SCAN_TIMEOUT_MS");
+    char* end = nullptr;
+    const long long ms = text != nullptr && *text != '\0' ? std::strtoll(text, &end, 10) : 60000;
+    TORCH_CHECK(text == nullptr || *text == '\0' || (*end == '\0' && ms >= 0),
+                "TORCH_LRU_SCAN_TIMEOUT_MS must be a number of milliseconds >= 0 (0: no limit), got '", text, "'");
+    return static_cast<uint64_t>(ms) * 1000000ull;
+  }();
+  return ns;
+}
+
+// The tiles of a problem, checked against the launch limits.
+template <typename Steps>
 TileGrid tile_grid(int64_t B, int64_t L, int64_t N) {
-  using Traits = ScanTileTraits<T>;
+  using Traits = ScanTileTraits<Steps>;
   const TileGrid grid{B, L, N, Traits::kChannels, Traits::kSteps};
   TORCH_CHECK(grid.tiles() <= std::numeric_limits<int>::max(), "torch_lru::scan: (B, L, N) = (", B, ", ", L, ", ", N,
               ") needs ", grid.tiles(), " tiles, more than one launch can hold");
+  // In-segment offsets (up to kItems + 1 steps of N channels) are 32-bit.
+  TORCH_CHECK(N <= std::numeric_limits<int>::max() / (Traits::kItems + 1), "torch_lru::scan: N = ", N,
+              " channels is more than the CUDA kernel's 32-bit in-tile offsets hold");
   return grid;
 }
 
-// Launches the tiled scan of `steps` over `grid` on the current stream; `lam_partial` receives the
-// (B, chunks, N) partial sums of a reduced grad_lam when Steps has one.
-template <typename T, typename Steps>
+// Launches the tiled scan of `steps` over `grid` (tile_grid<Steps>) on the current stream;
+// `lam_partial` receives the (B, chunks, N) partial sums of a reduced grad_lam when Steps has one.
+template <typename Steps, typename T = typename Steps::value_type>
 void launch_tiled_scan(const Steps& steps, const TileGrid& grid, const at::Tensor& like, T* lam_partial) {
-  using Traits = ScanTileTraits<T>;
+  using Traits = ScanTileTraits<Steps>;
   const int64_t slots = grid.tiles() * Traits::kChannels;
   // Flags and the counter must start at zero; aggregates and end states are read only after their
   // flag is set.
@@ -156,9 +181,8 @@ void launch_tiled_scan(const Steps& steps, const TileGrid& grid, const at::Tenso
                                    reinterpret_cast<unsigned int*>(flags.mutable_data_ptr<int>() + slots)};
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const dim3 block(Traits::kChannels, Traits::kSegments);
-  tiled_scan_kernel<Traits, T, Steps>
-      <<<static_cast<unsigned int>(grid.tiles()), block, 0, at::cuda::getCurrentCUDAStream()>>>(
-          steps, grid, status, lam_partial, deterministic);
+  tiled_scan_kernel<Steps><<<static_cast<unsigned int>(grid.tiles()), block, 0, at::cuda::getCurrentCUDAStream()>>>(
+      steps, grid, status, lam_partial, deterministic, lookback_timeout_ns());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -168,11 +192,11 @@ void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(f.x.scalar_type(), "torch_lru::scan", [&] {
     using T = scalar_t;
     const T* h0_ptr = f.h0.defined() ? f.h0.const_data_ptr<T>() : nullptr;
-    const auto grid = tile_grid<T>(f.B, f.L, f.N);
     auto run = [&](auto per_step) {  // std::true_type or std::false_type
-      const ForwardSteps<T, decltype(per_step)::value> steps{
+      using Steps = ForwardSteps<T, decltype(per_step)::value>;
+      const Steps steps{
           f.lam.const_data_ptr<T>(), f.x.const_data_ptr<T>(), h0_ptr, h.mutable_data_ptr<T>(), f.L, f.N, reverse};
-      launch_tiled_scan<T>(steps, grid, h, nullptr);
+      launch_tiled_scan(steps, tile_grid<Steps>(f.B, f.L, f.N), h, static_cast<T*>(nullptr));
     };
     f.per_step ? run(std::true_type{}) : run(std::false_type{});
   });
@@ -209,24 +233,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
   at::Tensor lam_partial;  // (B, chunks, N) for a time-invariant grad_lam, summed below (no atomics)
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
     using T = scalar_t;
-    const auto grid = tile_grid<T>(B, L, N);
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<T>() : nullptr; };
     const T* h0_ptr = has_h0 ? h0_c.const_data_ptr<T>() : nullptr;
-    if (!per_step && mask[0]) lam_partial = at::empty({B, grid.chunks(), N}, h.options());
     auto run = [&](auto per_step_tag) {  // std::true_type or std::false_type
       constexpr bool kPerStep = decltype(per_step_tag)::value;
-      const BackwardSteps<T, kPerStep> steps{g_c.const_data_ptr<T>(),
-                                             lam_c.const_data_ptr<T>(),
-                                             h_c.const_data_ptr<T>(),
-                                             h0_ptr,
-                                             out.grad_x.mutable_data_ptr<T>(),
-                                             kPerStep ? ptr(out.grad_lam) : nullptr,
-                                             ptr(out.grad_h0),
-                                             L,
-                                             N,
-                                             reverse,
-                                             mask[0]};
-      launch_tiled_scan<T>(steps, grid, h, ptr(lam_partial));
+      using Steps = BackwardSteps<T, kPerStep>;
+      const auto grid = tile_grid<Steps>(B, L, N);
+      if (!kPerStep && mask[0]) lam_partial = at::empty({B, grid.chunks(), N}, h.options());
+      const Steps steps{g_c.const_data_ptr<T>(),
+                        lam_c.const_data_ptr<T>(),
+                        h_c.const_data_ptr<T>(),
+                        h0_ptr,
+                        out.grad_x.mutable_data_ptr<T>(),
+                        kPerStep ? ptr(out.grad_lam) : nullptr,
+                        ptr(out.grad_h0),
+                        L,
+                        N,
+                        reverse,
+                        mask[0]};
+      launch_tiled_scan(steps, grid, h, ptr(lam_partial));
     };
     per_step ? run(std::true_type{}) : run(std::false_type{});
   });
