@@ -1,5 +1,7 @@
 """The scan op against its definition (a float64 sequential loop), its gradients, and its contract."""
 
+import contextlib
+import os
 import random
 
 import pytest
@@ -47,6 +49,29 @@ def assert_close_to_reference(out, ref, dtype):
     scale = ref.abs().max().item() if ref.numel() else 1.0
     tol = (2e-5 if dtype in (torch.float32, torch.complex64) else 1e-12) * max(scale, 1.0)
     torch.testing.assert_close(out.cpu().to(ref.dtype), ref, rtol=0, atol=tol)
+
+
+def assert_same_result(a, b):
+    """Two computations of the same scan: bitwise equal on the CPU and in CUDA's deterministic
+    mode; in CUDA's default mode the look-back's depth depends on timing, so the rounding may
+    differ in the last bits."""
+    if a.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
+        single = a.dtype in (torch.float32, torch.complex64)
+        scale = max(b.abs().max().item(), 1.0)
+        torch.testing.assert_close(a, b, rtol=0, atol=(1e-5 if single else 1e-12) * scale)
+    else:
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class deterministic_algorithms:
+    """torch.use_deterministic_algorithms(True) within a block."""
+
+    def __enter__(self):
+        self.was = torch.are_deterministic_algorithms_enabled()
+        torch.use_deterministic_algorithms(True)
+
+    def __exit__(self, *exc):
+        torch.use_deterministic_algorithms(self.was)
 
 
 # Odd sizes, L = 1, B = 1, N = 1, sizes around the CPU kernel's block width (16..256 channels).
@@ -135,7 +160,7 @@ def test_non_contiguous_inputs(device):
         for reverse in (False, True):
             out = torch_lru.scan(lam, x, h0, reverse)
             want = torch_lru.scan(lam.contiguous(), x.contiguous(), h0.contiguous(), reverse)
-            torch.testing.assert_close(out, want, rtol=0, atol=0)
+            assert_same_result(out, want)
             assert_close_to_reference(out, reference(lam, x, h0, reverse), torch.complex128)
 
 
@@ -143,13 +168,15 @@ def test_non_contiguous_inputs(device):
 def test_out_variant(device, per_step):
     for B, L, N in [(2, 300, 7), (1, 20_000, 1)]:
         lam, x, h0 = make_inputs(B, L, N, torch.complex64, device, per_step, seed=L)
-        want = torch_lru.scan(lam, x, h0)
-        out = torch.full_like(x, float("nan"))
-        assert torch_lru.scan(lam, x, h0, out=out) is out
-        torch.testing.assert_close(out, want, rtol=0, atol=0)
-        inplace = x.clone()  # out may be x itself
-        torch_lru.scan(lam, inplace, h0, out=inplace)
-        torch.testing.assert_close(inplace, want, rtol=0, atol=0)
+        for bitwise in (False, True):  # bitwise in deterministic mode, on every device
+            with deterministic_algorithms() if bitwise else contextlib.nullcontext():
+                want = torch_lru.scan(lam, x, h0)
+                out = torch.full_like(x, float("nan"))
+                assert torch_lru.scan(lam, x, h0, out=out) is out
+                assert_same_result(out, want)
+                inplace = x.clone()  # out may be x itself
+                torch_lru.scan(lam, inplace, h0, out=inplace)
+                assert_same_result(inplace, want)
     B, L, N = 2, 5, 3
     lam, x, _ = make_inputs(B, L, N, torch.complex64, device, per_step)
     with pytest.raises(RuntimeError, match="out must have x's shape"):
@@ -440,25 +467,95 @@ def poison_cuda_cache(nbytes=1 << 28):
     torch.cuda.synchronize()
 
 
+def check_cuda_against_cpu(lam, x, h0, g, reverse, label, stream=None):
+    """The op on CUDA (forward and backward) against the CPU kernels on the same inputs."""
+    dtype, (B, L, _) = x.dtype, x.shape
+    want_h = torch_lru.scan(lam, x, h0, reverse)
+    want = torch.ops.torch_lru.scan_backward(g, lam, want_h, h0, reverse, [True, True, True])
+    with torch.cuda.stream(stream or torch.cuda.current_stream()):
+        dev = [t.to("cuda", non_blocking=True) for t in (lam, x, h0, g)]
+        got_h = torch_lru.scan(dev[0], dev[1], dev[2], reverse)
+        got = torch.ops.torch_lru.scan_backward(dev[3], dev[0], got_h, dev[2], reverse, [True, True, True])
+        got = [t.cpu() for t in (got_h, *got)]
+    single = dtype in (torch.float32, torch.complex64)
+    for i, (a, b) in enumerate(zip(got, (want_h, *want))):
+        assert not a.isnan().any(), f"unwritten output ({label})"
+        scale = max(b.abs().max().item(), 1.0)
+        tol = (1e-4 if single else 1e-11) * scale
+        if i == 1 and lam.dim() == 1:  # a sum over B x L, in another order than the CPU's
+            tol *= max(1.0, (B * L / 4096) ** 0.5)
+        torch.testing.assert_close(a, b, rtol=0, atol=tol, msg=f"{label}, output {i}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("per_step", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_cuda_matches_cpu(cuda, dtype, per_step, reverse):
-    seed = int(torch.randint(0, 2**31 - 1, ()).item())  # fresh inputs on every run
     for B, L, N in [(1, 1, 1), (3, 1000, 5), (2, 4097, 130), (1, 70_000, 2), (1, 1 << 22, 1), (2, 300, 4096)]:
-        lam, x, h0 = make_inputs(B, L, N, dtype, "cpu", per_step, seed=seed)
-        g = torch.randn(B, L, N, dtype=WIDE[dtype]).to(dtype)
-        want_h = torch_lru.scan(lam, x, h0, reverse)
-        want = torch.ops.torch_lru.scan_backward(g, lam, want_h, h0, reverse, [True, True, True])
+        lam, x, h0 = make_inputs(B, L, N, dtype, "cpu", per_step, seed=B * L + N)
+        g = torch.randn(B, L, N, generator=torch.Generator().manual_seed(L), dtype=WIDE[dtype]).to(dtype)
         poison_cuda_cache()
-        dev = [t.to(cuda) for t in (lam, x, h0, g)]
-        got_h = torch_lru.scan(dev[0], dev[1], dev[2], reverse)
-        got = torch.ops.torch_lru.scan_backward(dev[3], dev[0], got_h, dev[2], reverse, [True, True, True])
-        single = dtype in (torch.float32, torch.complex64)
-        for i, (a, b) in enumerate(zip((got_h, *got), (want_h, *want))):
-            assert not a.isnan().any(), f"unwritten output (seed {seed})"
-            scale = max(b.abs().max().item(), 1.0)
-            tol = (1e-4 if single else 1e-11) * scale
-            if i == 1 and not per_step:  # a sum over B x L, in another order than the CPU's
-                tol *= max(1.0, (B * L / 4096) ** 0.5)
-            torch.testing.assert_close(a.cpu(), b, rtol=0, atol=tol, msg=f"seed {seed}, (B, L, N) = {(B, L, N)}")
+        check_cuda_against_cpu(lam, x, h0, g, reverse, f"(B, L, N) = {(B, L, N)}")
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_repeats_agree_with_cpu(cuda, deterministic):
+    """200 runs of shapes whose look-back meets every kind of predecessor: a race shows as a run
+    that differs."""
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        for B, L, N in [(1, 20_000, 1), (3, 257, 33)]:
+            lam, x, h0 = make_inputs(B, L, N, torch.complex64, "cpu", per_step=False, seed=L)
+            g = torch.randn(B, L, N, generator=torch.Generator().manual_seed(1), dtype=torch.complex128)
+            g = g.to(torch.complex64)
+            for repeat in range(200):
+                check_cuda_against_cpu(lam, x, h0, g, repeat % 2 == 1, f"(B, L, N) = {(B, L, N)}, run {repeat}")
+    finally:
+        torch.use_deterministic_algorithms(was)
+
+
+def test_cuda_two_streams_at_once(cuda):
+    """Scans of two sizes on two streams, launched before either is waited for."""
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    cases = []
+    for i, (B, L, N) in enumerate([(2, 50_000, 3), (8, 2048, 256)]):
+        lam, x, h0 = make_inputs(B, L, N, torch.complex64, "cpu", per_step=i == 0, seed=i)
+        cases.append([t.to("cuda") for t in (lam, x, h0)] + [(lam, x, h0)])
+    torch.cuda.synchronize()
+    outs = []
+    for stream, (lam, x, h0, _) in zip(streams, cases):
+        with torch.cuda.stream(stream):
+            outs.append([torch_lru.scan(lam, x, h0) for _ in range(5)])
+    torch.cuda.synchronize()
+    for runs, (*_, cpu_inputs) in zip(outs, cases):
+        want = reference(*cpu_inputs, False)
+        for h in runs:
+            assert_close_to_reference(h, want, torch.complex64)
+
+
+def test_cuda_long_single_chain_finishes(cuda):
+    """One chain of 2^22 steps, complex128 with per-step lam, in both modes, in a process whose
+    look-back may wait 10 s at most: a stall fails in seconds, not at the test run's limit."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, torch_lru
+for det in (False, True):
+    torch.use_deterministic_algorithms(det)
+    g = torch.Generator().manual_seed(0)
+    L = 1 << 22
+    lam = torch.polar(0.999 + 0.0009 * torch.rand(1, L, 1, generator=g, dtype=torch.float64),
+                      torch.rand(1, L, 1, generator=g, dtype=torch.float64))
+    x = torch.randn(1, L, 1, generator=g, dtype=torch.complex128)
+    want = torch_lru.scan(lam, x)
+    got = torch_lru.scan(lam.cuda(), x.cuda())
+    grads = torch.ops.torch_lru.scan_backward(got, lam.cuda(), got, None, False, [True, True, False])
+    torch.cuda.synchronize()
+    assert (got.cpu() - want).abs().max() <= 1e-9 * want.abs().max(), det
+print("done")
+"""
+    env = dict(os.environ, TORCH_LRU_SCAN_TIMEOUT_MS="10000")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "done" in done.stdout, done.stdout + done.stderr
