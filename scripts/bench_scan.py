@@ -14,7 +14,7 @@ and an FFT convolution with the kernel lam^k (time-invariant lam only). "speed-u
 over the op's, forward and forward+backward.
 
     scripts/python scripts/bench_scan.py [--device cpu|cuda] [--quick] [--peers jax,torch_assoc,fft]
-        [--plot PATH] [--json PATH]
+        [--no-loop] [--plot PATH] [--json PATH]
 """
 
 import argparse
@@ -163,7 +163,7 @@ def check_peer(got, want):
     return err
 
 
-def bench_size(B, L, N, device, peers=()):
+def bench_size(B, L, N, device, peers=(), loop=True):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(B, L, N, dtype=torch.complex64, generator=gen).to(device)
     lam = torch.polar(0.9 + 0.1 * torch.rand(N, generator=gen), 6.28 * torch.rand(N, generator=gen))
@@ -208,7 +208,7 @@ def bench_size(B, L, N, device, peers=()):
             log(f"  {name}: failed, {skipped[name]}")
         if device == "cuda":
             torch.cuda.empty_cache()
-    if L <= LOOP_MAX_L:
+    if loop and L <= LOOP_MAX_L:
         with torch.no_grad():
             t["loop fwd"] = timeit(lambda: scan_loop(lam, x), device, min_time=0.2, max_reps=5)
         t["loop fwd+bwd"] = timeit(lambda: fwd_bwd(scan_loop), device, min_time=0.2, max_reps=3)
@@ -296,6 +296,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     ap.add_argument("--peers", default="jax,torch_assoc,fft", help="comma-separated; empty for none")
+    ap.add_argument("--no-loop", action="store_true", help="skip the Python loop (the op against the copy only)")
     ap.add_argument("--plot", help="write a bar chart (PNG) here")
     ap.add_argument("--json", help="write the figures (JSON) here")
     args = ap.parse_args()
@@ -310,7 +311,7 @@ def main():
         raise SystemExit(f"bench_scan.py: unknown peer {unknown}; choose from {', '.join(PEERS)}")
     rows = []
     for size in sizes:  # figures are written after every size, so a run cut short keeps its rows
-        rows.append(bench_size(*size, args.device, peers))
+        rows.append(bench_size(*size, args.device, peers, loop=not args.no_loop))
         print_table(rows[-1:], args.device)
         if args.json:
             with open(args.json, "w") as f:
