@@ -1,7 +1,7 @@
 // CUDA kernels of the scan ops: one single-pass tiled scan with decoupled look-back, parallel over
 // batch rows, channels and L (a single long sequence fills the GPU), for the forward and the
 // backward alike. The per-thread math, the tile geometry and the two problems are the shared
-// header's (torch_lru/scan_tiles.h), tested on the CPU; this file holds the thread mapping, shared
+// header's (csrc/ops/scan_tiles.h), tested on the CPU; this file holds the thread mapping, shared
 // memory, the status flags and the launchers.
 //
 // Memory traffic: x is read once into registers and h written once; the tile statuses add about
@@ -22,7 +22,7 @@
 #include <type_traits>
 
 #include "ops/scan_checks.h"
-#include "torch_lru/scan_tiles.h"
+#include "ops/scan_tiles.h"
 
 namespace torch_lru {
 namespace {
@@ -45,7 +45,7 @@ __device__ inline uint64_t global_time_ns() {
   return t;
 }
 
-// The look-back's memory operations (the Statuses of torch_lru/scan_tiles.h) on the GPU. Flags
+// The look-back's memory operations (the Statuses of csrc/ops/scan_tiles.h) on the GPU. Flags
 // are read relaxed, a window of them at once, then one acquire fence orders the value loads after
 // them; values are written by other blocks, so they are read from L2 (cache-global), never from a
 // stale L1 line. A tile that waits longer than `timeout_ns` for a predecessor (0: for ever) says
@@ -202,58 +202,37 @@ void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {
   });
 }
 
-at::Tensor& scan_out_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
-                          at::Tensor& out) {
-  run_forward(prepare_forward("torch_lru::scan.out", lam, x, h0, &out), reverse, out);
-  return out;
-}
-
-at::Tensor scan_cuda(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
-  const auto f = prepare_forward("torch_lru::scan", lam, x, h0);
-  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  run_forward(f, reverse, h);
-  return h;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tensor& grad_h, const at::Tensor& lam,
                                                                   const at::Tensor& h,
                                                                   const std::optional<at::Tensor>& h0, bool reverse,
                                                                   std::array<bool, 3> mask) {
-  check_scan_backward_inputs(grad_h, lam, h, h0);
-  const c10::cuda::CUDAGuard device_guard(h.device());
-  auto out = make_scan_backward_outputs(lam, h, h0, mask);
+  auto b = prepare_backward(grad_h, lam, h, h0, mask);
+  auto& out = b.outputs;
   if (out.done) return out.result();
-  const bool has_h0 = h0.has_value() && h0->defined();
-  const bool per_step = lam_is_per_step(lam);
-  const int64_t B = h.size(0), L = h.size(1), N = h.size(2);
-  const auto g_c = grad_h.contiguous();
-  const auto lam_c = lam.contiguous();
-  const auto h_c = h.contiguous();
-  const auto h0_c = has_h0 ? h0->contiguous() : at::Tensor();
+  const c10::cuda::CUDAGuard device_guard(h.device());
   at::Tensor lam_partial;  // (B, chunks, N) for a time-invariant grad_lam, summed below (no atomics)
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
     using T = scalar_t;
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<T>() : nullptr; };
-    const T* h0_ptr = has_h0 ? h0_c.const_data_ptr<T>() : nullptr;
     auto run = [&](auto per_step_tag) {  // std::true_type or std::false_type
       constexpr bool kPerStep = decltype(per_step_tag)::value;
       using Steps = BackwardSteps<T, kPerStep>;
-      const auto grid = tile_grid<Steps>(B, L, N);
-      if (!kPerStep && mask[0]) lam_partial = at::empty({B, grid.chunks(), N}, h.options());
-      const Steps steps{g_c.const_data_ptr<T>(),
-                        lam_c.const_data_ptr<T>(),
-                        h_c.const_data_ptr<T>(),
-                        h0_ptr,
+      const auto grid = tile_grid<Steps>(b.B, b.L, b.N);
+      if (!kPerStep && mask[0]) lam_partial = at::empty({b.B, grid.chunks(), b.N}, h.options());
+      const Steps steps{b.grad_h.const_data_ptr<T>(),
+                        b.lam.const_data_ptr<T>(),
+                        b.h.const_data_ptr<T>(),
+                        b.h0.defined() ? b.h0.const_data_ptr<T>() : nullptr,
                         out.grad_x.mutable_data_ptr<T>(),
                         kPerStep ? ptr(out.grad_lam) : nullptr,
                         ptr(out.grad_h0),
-                        L,
-                        N,
+                        b.L,
+                        b.N,
                         reverse,
                         mask[0]};
       launch_tiled_scan(steps, grid, h, ptr(lam_partial));
     };
-    per_step ? run(std::true_type{}) : run(std::false_type{});
+    b.per_step ? run(std::true_type{}) : run(std::false_type{});
   });
   if (lam_partial.defined()) at::sum_out(out.grad_lam, lam_partial, at::IntArrayRef{0, 1});
   return out.result();
@@ -262,8 +241,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cuda(const at::Tens
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_lru, CUDA, m) {
-  m.impl("scan", &scan_cuda);
-  m.impl("scan.out", &scan_out_cuda);
+  m.impl("scan", &scan_with<run_forward>);
+  m.impl("scan.out", &scan_out_with<run_forward>);
   m.impl("scan_backward", &scan_backward_cuda);
 }
 

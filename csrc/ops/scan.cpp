@@ -144,6 +144,26 @@ ScanBackwardOutputs make_scan_backward_outputs(const at::Tensor& lam, const at::
   return out;
 }
 
+BackwardOperands prepare_backward(const at::Tensor& grad_h, const at::Tensor& lam, const at::Tensor& h,
+                                  const std::optional<at::Tensor>& h0, std::array<bool, 3> output_mask) {
+  check_scan_backward_inputs(grad_h, lam, h, h0);
+  BackwardOperands b{{},
+                     {},
+                     {},
+                     {},
+                     h.size(0),
+                     h.size(1),
+                     h.size(2),
+                     lam_is_per_step(lam),
+                     make_scan_backward_outputs(lam, h, h0, output_mask)};
+  if (b.outputs.done) return b;
+  b.grad_h = grad_h.contiguous();
+  b.lam = lam.contiguous();
+  b.h = h.contiguous();
+  if (h0.has_value() && h0->defined()) b.h0 = h0->contiguous();
+  return b;
+}
+
 namespace {
 
 at::Tensor& scan_out_meta(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,

@@ -6,7 +6,7 @@
 #include <optional>
 #include <tuple>
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
 
 namespace torch_lru {
 
@@ -47,6 +47,36 @@ struct ScanBackwardOutputs {
 };
 ScanBackwardOutputs make_scan_backward_outputs(const at::Tensor& lam, const at::Tensor& h,
                                                const std::optional<at::Tensor>& h0, std::array<bool, 3> output_mask);
+
+// The forward's two entry points (scan, scan.out) for a backend whose kernels run as
+// RunForward(operands, reverse, h): the checks, the layout and the output are the same for all.
+using RunForwardFn = void (*)(const ForwardOperands&, bool, at::Tensor&);
+
+template <RunForwardFn RunForward>
+at::Tensor scan_with(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
+  const auto f = prepare_forward("torch_lru::scan", lam, x, h0);
+  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  RunForward(f, reverse, h);
+  return h;
+}
+
+template <RunForwardFn RunForward>
+at::Tensor& scan_out_with(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
+                          at::Tensor& out) {
+  RunForward(prepare_forward("torch_lru::scan.out", lam, x, h0, &out), reverse, out);
+  return out;
+}
+
+// The operands of a backward scan as every kernel takes them: checked, contiguous, with their
+// sizes and the outputs allocated (`outputs.done` when there is nothing to compute).
+struct BackwardOperands {
+  at::Tensor grad_h, lam, h, h0;  // h0 undefined when absent
+  int64_t B, L, N;
+  bool per_step;
+  ScanBackwardOutputs outputs;
+};
+BackwardOperands prepare_backward(const at::Tensor& grad_h, const at::Tensor& lam, const at::Tensor& h,
+                                  const std::optional<at::Tensor>& h0, std::array<bool, 3> output_mask);
 
 // True when lam holds one value per step (B, L, N) rather than one per channel (N,).
 inline bool lam_is_per_step(const at::Tensor& lam) { return lam.dim() == 3; }

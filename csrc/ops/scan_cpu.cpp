@@ -43,38 +43,19 @@ void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {
   });
 }
 
-at::Tensor& scan_out_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse,
-                         at::Tensor& out) {
-  run_forward(prepare_forward("torch_lru::scan.out", lam, x, h0, &out), reverse, out);
-  return out;
-}
-
-at::Tensor scan_cpu(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0, bool reverse) {
-  const auto f = prepare_forward("torch_lru::scan", lam, x, h0);
-  auto h = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  run_forward(f, reverse, h);
-  return h;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tensor& grad_h, const at::Tensor& lam,
                                                                  const at::Tensor& h,
                                                                  const std::optional<at::Tensor>& h0, bool reverse,
                                                                  std::array<bool, 3> mask) {
-  check_scan_backward_inputs(grad_h, lam, h, h0);
-  auto out = make_scan_backward_outputs(lam, h, h0, mask);
+  auto b = prepare_backward(grad_h, lam, h, h0, mask);
+  auto& out = b.outputs;
   if (out.done) return out.result();
-  const bool has_h0 = h0.has_value() && h0->defined();
-  const int64_t B = h.size(0), L = h.size(1), N = h.size(2);
-  const auto g_c = grad_h.contiguous();
-  const auto lam_c = lam.contiguous();
-  const auto h_c = h.contiguous();
-  const auto h0_c = has_h0 ? h0->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
-    backward_kernel<scalar_t>(lam_is_per_step(lam))(
-        g_c.const_data_ptr<scalar_t>(), lam_c.const_data_ptr<scalar_t>(), h_c.const_data_ptr<scalar_t>(),
-        has_h0 ? h0_c.const_data_ptr<scalar_t>() : nullptr, out.grad_x.mutable_data_ptr<scalar_t>(),
-        out.grad_lam.defined() ? out.grad_lam.mutable_data_ptr<scalar_t>() : nullptr,
-        out.grad_h0.defined() ? out.grad_h0.mutable_data_ptr<scalar_t>() : nullptr, B, L, N, reverse);
+    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
+    backward_kernel<scalar_t>(b.per_step)(
+        b.grad_h.const_data_ptr<scalar_t>(), b.lam.const_data_ptr<scalar_t>(), b.h.const_data_ptr<scalar_t>(),
+        b.h0.defined() ? b.h0.const_data_ptr<scalar_t>() : nullptr, out.grad_x.mutable_data_ptr<scalar_t>(),
+        ptr(out.grad_lam), ptr(out.grad_h0), b.B, b.L, b.N, reverse);
   });
   return out.result();
 }
@@ -82,8 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tenso
 }  // namespace
 
 TORCH_LIBRARY_IMPL(torch_lru, CPU, m) {
-  m.impl("scan", &scan_cpu);
-  m.impl("scan.out", &scan_out_cpu);
+  m.impl("scan", &scan_with<run_forward>);
+  m.impl("scan.out", &scan_out_with<run_forward>);
   m.impl("scan_backward", &scan_backward_cpu);
 }
 

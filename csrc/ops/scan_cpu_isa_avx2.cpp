@@ -12,8 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "ops/scan_combine.h"
 #include "ops/scan_cpu_kernels_api.h"
-#include "torch_lru/scan_combine.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #pragma GCC target("avx2,fma")

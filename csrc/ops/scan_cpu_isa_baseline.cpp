@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "ops/scan_combine.h"
 #include "ops/scan_cpu_kernels_api.h"
-#include "torch_lru/scan_combine.h"
 
 #define TORCH_LRU_CPU_ISA baseline
 #include "ops/scan_cpu_kernels.h"

@@ -1,4 +1,4 @@
-// The CUDA kernels' tiled scan, run on the CPU: the shared tile code (torch_lru/scan_tiles.h)
+// The CUDA kernels' tiled scan, run on the CPU: the shared tile code (csrc/ops/scan_tiles.h)
 // driven as cuda/scan_cuda.cu drives it, in two ways.
 // - Emulation: tiles one after another in claim order, each finished predecessor met on the
 //   look-back as it could be met on a GPU (end state published, or only its aggregate so far),
@@ -22,7 +22,7 @@
 #include <vector>
 
 #include "torch_lru/scan.h"
-#include "torch_lru/scan_tiles.h"
+#include "ops/scan_tiles.h"
 
 namespace {
 

@@ -19,7 +19,7 @@
 
 #include <cstdint>
 
-#include "torch_lru/scan_combine.h"
+#include "ops/scan_combine.h"
 
 namespace torch_lru {
 

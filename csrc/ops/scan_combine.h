@@ -56,11 +56,6 @@ struct ChunkPlan {
   int64_t length;     // L
   int64_t chunk_len;  // steps per chunk, >= 1
 
-  C10_HOST_DEVICE static ChunkPlan with_chunks(int64_t length, int64_t max_chunks) {
-    int64_t chunks = max_chunks < 1 ? 1 : max_chunks;
-    int64_t len = (length + chunks - 1) / chunks;
-    return {length, len < 1 ? 1 : len};
-  }
   C10_HOST_DEVICE int64_t num_chunks() const { return (length + chunk_len - 1) / chunk_len; }
   C10_HOST_DEVICE int64_t begin(int64_t c) const { return c * chunk_len; }
   C10_HOST_DEVICE int64_t end(int64_t c) const {
