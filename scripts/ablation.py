@@ -1,5 +1,5 @@
 """The paper's ablation walk at a scale a small machine finishes: every recurrent layer of
-torch_lru.variants in the same block, on the same data, with the same budget, over several seeds.
+torch_lru.layers in the same block, on the same data, with the same budget, over several seeds.
 
     scripts/python scripts/ablation.py --out runs/ablation [--tasks fmnist,listops] [--seeds 0,1,2]
         [--layers tanh_rnn,...] [--steps fmnist=500,listops=1200 | 300] [--device cpu]
@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from torch_lru import train as training
-from torch_lru.variants import LAYERS
+from torch_lru.layers import LAYERS
 
 WALK = ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "lru")  # the paper's order
 BASELINES = ("s4d", "s5")

@@ -6,8 +6,6 @@ namespace torch_lru {
 
 namespace {
 
-const char* const kDirectionNames[] = {"nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im"};
-
 void check_choice(const char* what, const std::string& value, std::initializer_list<const char*> choices) {
   std::string listed;
   for (const char* c : choices) {
@@ -18,67 +16,6 @@ void check_choice(const char* what, const std::string& value, std::initializer_l
 }
 
 }  // namespace
-
-// ---- LRU ----
-
-LRUImpl::LRUImpl(LRUOptions options_) : options(std::move(options_)) { reset(); }
-
-void LRUImpl::reset() {
-  for (bool reverse : {false, true}) {
-    if (reverse && !options.bidirectional()) break;
-    auto drawn = lru_init(options.d_model(), options.d_state(), options.r_min(), options.r_max(), options.max_phase());
-    Direction& d = reverse ? reverse_ : forward_;
-    torch::Tensor* slots[] = {&d.nu_log, &d.theta_log, &d.gamma_log, &d.B_re, &d.B_im, &d.C_re, &d.C_im};
-    const std::string suffix = reverse ? "_rev" : "";
-    for (size_t i = 0; i < 7; ++i) *slots[i] = register_parameter(kDirectionNames[i] + suffix, drawn[i]);
-    if (!reverse) D_ = register_parameter("D", drawn[7]);
-  }
-}
-
-std::tuple<torch::Tensor, torch::Tensor> LRUImpl::run(const torch::Tensor& u, const torch::Tensor& state,
-                                                      const torch::Tensor& mask) {
-  auto opt = [](const torch::Tensor& t) { return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt; };
-  const Direction& f = forward_;
-  auto [y, final_state] =
-      lru_forward(u, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_, opt(state), opt(mask));
-  if (options.bidirectional()) {
-    const Direction& r = reverse_;
-    y = y + std::get<0>(lru_forward(u, r.nu_log, r.theta_log, r.gamma_log, r.B_re, r.B_im, r.C_re, r.C_im, std::nullopt,
-                                    std::nullopt, opt(mask), /*reverse=*/true));
-  }
-  return {y, final_state};
-}
-
-torch::Tensor LRUImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
-  return std::get<0>(run(u, {}, mask));
-}
-
-std::tuple<torch::Tensor, torch::Tensor> LRUImpl::forward_with_state(const torch::Tensor& u, const torch::Tensor& state,
-                                                                     const torch::Tensor& mask) {
-  TORCH_CHECK(!options.bidirectional(),
-              "LRU: a bidirectional layer sees the whole sequence; it takes and returns no state");
-  return run(u, state, mask);
-}
-
-std::tuple<torch::Tensor, torch::Tensor> LRUImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
-  TORCH_CHECK(!options.bidirectional(),
-              "LRU: a bidirectional layer cannot run step by step (its reverse half needs the future)");
-  const Direction& f = forward_;
-  return lru_step(u_t, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_,
-                  state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
-}
-
-torch::Tensor LRUImpl::eigenvalues(bool reverse) const {
-  const Direction& d = reverse ? reverse_ : forward_;
-  TORCH_CHECK(d.nu_log.defined(), "LRU: this layer has no reverse direction");
-  return torch::polar(torch::exp(-torch::exp(d.nu_log)), torch::exp(d.theta_log));
-}
-
-void LRUImpl::pretty_print(std::ostream& stream) const {
-  stream << "torch_lru::LRU(d_model=" << options.d_model() << ", d_state=" << options.d_state()
-         << ", r_min=" << options.r_min() << ", r_max=" << options.r_max() << ", max_phase=" << options.max_phase()
-         << ", bidirectional=" << (options.bidirectional() ? "true" : "false") << ")";
-}
 
 // ---- SequenceNorm ----
 
@@ -126,15 +63,10 @@ void LRUBlockImpl::reset() {
   const auto& o = options;
   check_layer(o.layer());
   norm = register_module("norm", SequenceNorm(SequenceNormOptions(o.d_model()).kind(o.norm())));
-  const auto layer_options = LRUOptions(o.d_model(), o.d_state())
-                                 .r_min(o.r_min())
-                                 .r_max(o.r_max())
-                                 .max_phase(o.max_phase())
-                                 .bidirectional(o.bidirectional());
   if (o.layer() == "lru") {
-    lru = register_module("lru", LRU(layer_options));
+    lru = register_module("lru", LRU(o.recurrence()));
   } else {
-    rnn = make_layer(o.layer(), layer_options);
+    rnn = make_layer(o.layer(), o.recurrence());
     register_module("rnn", rnn.ptr());
   }
   glu = register_module("glu", torch::nn::Linear(o.d_model(), 2 * o.d_model()));
@@ -200,14 +132,15 @@ void LRUModelImpl::reset() {
   check_choice("LRUModel: pooling", o.pooling(), {"mean", "last"});
   for (const auto& [name, value] : {std::pair<const char*, int64_t>{"d_output", o.d_output()},
                                     {"d_model", o.d_model()},
-                                    {"d_state", o.d_state()},
+                                    {"d_state", o.block().recurrence().d_state()},
                                     {"n_layers", o.n_layers()},
                                     {"d_input", o.d_input()}}) {
     TORCH_CHECK(value >= 1, "LRUModel: ", name, " must be positive, got ", value);
   }
   TORCH_CHECK(o.vocab_size() >= 0, "LRUModel: vocab_size must be positive (or 0 for feature inputs), got ",
               o.vocab_size());
-  TORCH_CHECK(o.dropout() >= 0 && o.dropout() < 1, "LRUModel: dropout must be in [0, 1), got ", o.dropout());
+  const double dropout = o.block().dropout();
+  TORCH_CHECK(dropout >= 0 && dropout < 1, "LRUModel: dropout must be in [0, 1), got ", dropout);
   if (o.vocab_size() > 0) {
     embedding = register_module("encoder", torch::nn::Embedding(o.vocab_size(), o.d_model()));
   } else {
@@ -215,15 +148,7 @@ void LRUModelImpl::reset() {
   }
   blocks = register_module("blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < o.n_layers(); ++i) {
-    blocks->push_back(LRUBlock(LRUBlockOptions(o.d_model(), o.d_state())
-                                   .r_min(o.r_min())
-                                   .r_max(o.r_max())
-                                   .max_phase(o.max_phase())
-                                   .bidirectional(o.bidirectional())
-                                   .norm(o.norm())
-                                   .prenorm(o.prenorm())
-                                   .dropout(o.dropout())
-                                   .layer(o.layer())));
+    blocks->push_back(LRUBlock(o.block()));
   }
   if (o.dual()) {
     retrieval_head = register_module("decoder", RetrievalHead(o.d_model(), o.d_output()));

@@ -98,7 +98,11 @@ void check_state(const char* op, const at::Tensor& state, const at::Tensor& ref,
               ": state must have shape (B, N) = (", batch, ", ", N, "), got ", state.sym_sizes());
 }
 
-at::Tensor eigenvalues(const Params& p) { return at::polar(at::exp(-at::exp(p.nu_log)), at::exp(p.theta_log)); }
+at::Tensor eigenvalues_composite(const at::Tensor& nu_log, const at::Tensor& theta_log) {
+  return at::polar(at::exp(-at::exp(nu_log)), at::exp(theta_log));
+}
+
+at::Tensor eigenvalues(const Params& p) { return eigenvalues_composite(p.nu_log, p.theta_log); }
 
 // gain * B (gain (N,), or 1 when undefined) with the real and imaginary rows interleaved (2N, H):
 // u @ W^T is then B u laid out as complex numbers, read as complex with no copy.
@@ -255,6 +259,13 @@ std::vector<at::Tensor> lru_init_composite(int64_t d_model, int64_t d_state, dou
 
 }  // namespace
 
+at::Tensor eigenvalues(const at::Tensor& nu_log, const at::Tensor& theta_log) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::eigenvalues", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op.call(nu_log, theta_log);
+}
+
 std::vector<at::Tensor> lru_init(int64_t d_model, int64_t d_state, double r_min, double r_max, double max_phase,
                                  std::optional<at::ScalarType> dtype, std::optional<at::Device> device,
                                  std::optional<at::Generator> generator) {
@@ -295,6 +306,7 @@ std::tuple<at::Tensor, at::Tensor> lru_step(const at::Tensor& u_t, const at::Ten
 }
 
 TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
+  m.def("eigenvalues(Tensor nu_log, Tensor theta_log) -> Tensor");
   m.def(
       "lru_init(int d_model, int d_state, float r_min=0.0, float r_max=1.0, float max_phase=6.283185307179586, *, "
       "ScalarType? dtype=None, Device? device=None, Generator? generator=None) -> Tensor[]");
@@ -310,6 +322,7 @@ TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
 }
 
 TORCH_LIBRARY_IMPL(torch_lru, CompositeImplicitAutograd, m) {
+  m.impl("eigenvalues", &eigenvalues_composite);
   m.impl("lru_init", &lru_init_composite);
   m.impl("lru", &lru_composite);
   m.impl("diag_recurrence", &diag_recurrence_composite);

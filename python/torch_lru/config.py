@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .layers import LAYERS
 from .lra.tasks import TASKS
 from .modules import NORM_KINDS, POOLINGS, LRUModel
-from .variants import LAYERS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "lra" / "configs"
 REQUIRED = object()  # a key every config must have

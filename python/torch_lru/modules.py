@@ -1,126 +1,54 @@
-"""The LRU layer, its residual block and the deep model, as torch.nn modules.
+"""The residual block and the deep model, as torch.nn modules, above the recurrent layers of
+torch_lru.layers (the LRU and the ablation's layers). The C++ modules (torch_lru/modules.h) mirror
+them: parameter and buffer names are the same in both languages, so a ``state_dict`` saved by one
+loads in the other (see docs/design.md, "Checkpoints").
 
-The layer's math and initialisation are the C++ ops ``torch_lru::lru`` / ``lru_step`` /
-``lru_init`` (csrc/ops/lru.cpp), which the C++ modules (csrc/include/torch_lru/modules.h) call too.
-Parameter and buffer names are the same in both languages, so a ``state_dict`` saved by one loads
-in the other (see docs/design.md, "Checkpoints").
+Options nest as the modules do: a model holds its blocks' :class:`BlockOptions`, which hold their
+layer's :class:`~torch_lru.layers.LayerOptions`.
 """
 
 import math
+import warnings
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import ops
+from .layers import LRU, LayerOptions, eigenvalues, make_layer  # noqa: F401  (LRU, eigenvalues: re-exported)
+from .layers.lru import DIRECTION_PARAMETERS, REVERSE_SUFFIX  # noqa: F401  (re-exported)
 
-# The parameters of one direction, in lru_init's order (D belongs to the forward direction only).
-DIRECTION_PARAMETERS = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im")
-REVERSE_SUFFIX = "_rev"
 NORM_KINDS = ("batch", "layer")
 POOLINGS = ("mean", "last")
 
 
-def eigenvalues(nu_log: torch.Tensor, theta_log: torch.Tensor) -> torch.Tensor:
-    """The LRU's lambda = exp(-exp(nu_log) + i exp(theta_log)), complex (N,)."""
-    return torch.polar(torch.exp(-torch.exp(nu_log)), torch.exp(theta_log))
+@dataclass
+class BlockOptions:
+    """An LRUBlock: its recurrent layer's options, the norm, where it sits, and the dropout."""
 
+    layer: LayerOptions
+    norm: str = "batch"
+    prenorm: bool = True
+    dropout: float = 0.0
 
-class LRU(nn.Module):
-    """Linear Recurrent Unit (Orvieto et al., 2023) over real sequences ``u`` of shape (B, L, H).
-
-    ``x_k = lambda * x_{k-1} + exp(gamma_log) * (B u_k)``, ``y_k = Re(C x_k) + D * u_k``, with
-    ``lambda = exp(-exp(nu_log) + i exp(theta_log))`` initialised uniformly on the ring
-    ``r_min <= |lambda| <= r_max``, phase in ``[0, max_phase)``.
-
-    Parameters: ``nu_log``, ``theta_log``, ``gamma_log`` (N); ``B_re``, ``B_im`` (N, H); ``C_re``,
-    ``C_im`` (H, N); ``D`` (H). With ``bidirectional=True`` a second direction, run from the last
-    step to the first, has its own ``*_rev`` copies of all but ``D``; the two directions' outputs
-    are summed, which is one linear read-out of the concatenated states (S5's choice). An extra
-    H x 2H mixing layer would add parameters the block's GLU already provides.
-    """
-
-    def __init__(
-        self,
+    @classmethod
+    def from_flat(
+        cls,
         d_model: int,
         d_state: int,
         r_min: float = 0.0,
         r_max: float = 1.0,
         max_phase: float = 2 * math.pi,
         bidirectional: bool = False,
-        *,
-        device=None,
-        dtype=None,
-    ):
-        super().__init__()
-        self.d_model, self.d_state = d_model, d_state
-        self.r_min, self.r_max, self.max_phase = r_min, r_max, max_phase
-        self.bidirectional = bidirectional
-        for suffix in self._suffixes():
-            drawn = self._draw(device, dtype)
-            for name, value in zip(DIRECTION_PARAMETERS, drawn):
-                self.register_parameter(name + suffix, nn.Parameter(value))
-            if suffix == "":
-                self.D = nn.Parameter(drawn[-1])
-
-    def _suffixes(self) -> tuple[str, ...]:
-        return ("", REVERSE_SUFFIX) if self.bidirectional else ("",)
-
-    def _draw(self, device, dtype) -> list[torch.Tensor]:
-        return ops.lru_init(
-            self.d_model, self.d_state, self.r_min, self.r_max, self.max_phase, dtype=dtype, device=device
-        )
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Redraws every parameter (forward direction first, then the reverse one)."""
-        for suffix in self._suffixes():
-            drawn = self._draw(self.nu_log.device, self.nu_log.dtype)
-            for name, value in zip(DIRECTION_PARAMETERS, drawn):
-                getattr(self, name + suffix).copy_(value)
-            if suffix == "":
-                self.D.copy_(drawn[-1])
-
-    def direction_parameters(self, reverse: bool = False) -> tuple[torch.Tensor, ...]:
-        suffix = REVERSE_SUFFIX if reverse else ""
-        return tuple(getattr(self, name + suffix) for name in DIRECTION_PARAMETERS)
-
-    def eigenvalues(self, reverse: bool = False) -> torch.Tensor:
-        """lambda (N,), complex."""
-        return eigenvalues(*self.direction_parameters(reverse)[:2])
-
-    def forward(
-        self,
-        u: torch.Tensor,
-        state: Optional[torch.Tensor] = None,
-        return_state: bool = False,
-        mask: Optional[torch.Tensor] = None,
-    ):
-        """``u`` (B, L, H) -> ``y`` (B, L, H), or ``(y, final_state)`` with ``return_state``.
-
-        ``state``: complex (B, N) state before the first step (zero when None); with the final
-        state of one call passed to the next, a long sequence processed in pieces gives the same
-        outputs as one pass. ``mask`` (B, L) bool, true at valid positions: padding never changes
-        an output at a valid position; the final state is the one after the last valid step.
-        """
-        if self.bidirectional and (state is not None or return_state):
-            raise ValueError("LRU: a bidirectional layer sees the whole sequence; it takes and returns no state")
-        y, final_state = ops.lru(u, self.direction_parameters(), self.D, state, mask)
-        if self.bidirectional:
-            y = y + ops.lru(u, self.direction_parameters(reverse=True), None, None, mask, reverse=True)[0]
-        return (y, final_state) if return_state else y
-
-    def step(self, u_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token ``u_t`` (B, H) -> ``(y_t, new_state)``; ``state`` None means zeros."""
-        if self.bidirectional:
-            raise ValueError("LRU: a bidirectional layer cannot run step by step (its reverse half needs the future)")
-        return ops.lru_step(u_t, self.direction_parameters(), self.D, state)
-
-    def extra_repr(self) -> str:
-        return (
-            f"d_model={self.d_model}, d_state={self.d_state}, r_min={self.r_min}, r_max={self.r_max}, "
-            f"max_phase={self.max_phase:.4g}, bidirectional={self.bidirectional}"
+        norm: str = "batch",
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        layer: str = "lru",
+    ) -> "BlockOptions":
+        """The nested options from the flat arguments LRUModel (and LRUBlock, formerly) take."""
+        return cls(
+            LayerOptions(d_model, d_state, layer, r_min, r_max, max_phase, bidirectional), norm, prenorm, dropout
         )
 
 
@@ -175,38 +103,36 @@ class SequenceNorm(nn.Module):
 
 
 class LRUBlock(nn.Module):
-    """[pre-norm] -> LRU -> GELU -> dropout -> GLU -> dropout -> residual add -> [post-norm].
+    """[pre-norm] -> recurrent layer -> GELU -> dropout -> GLU -> dropout -> residual add -> [post-norm].
 
-    ``layer`` swaps the LRU for another recurrent layer of torch_lru.variants (the paper's
-    ablation); everything around it stays the same. The LRU is the submodule ``lru``, any other
-    layer ``rnn``.
+    ``options.layer.layer`` chooses the recurrent layer (torch_lru.layers.LAYERS; the paper's
+    ablation swaps it, everything around it stays the same). The LRU is the submodule ``lru``,
+    any other layer ``rnn``. ``LRUBlock(d_model, d_state, r_min=..., ...)`` (the flat arguments of
+    earlier versions) still works, with a DeprecationWarning.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        d_state: int,
-        r_min: float = 0.0,
-        r_max: float = 1.0,
-        max_phase: float = 2 * math.pi,
-        bidirectional: bool = False,
-        norm: str = "batch",
-        prenorm: bool = True,
-        dropout: float = 0.0,
-        layer: str = "lru",
-    ):
+    def __init__(self, options, *args, **kwargs):
         super().__init__()
-        from .variants import check_layer, make_layer
-
-        self.prenorm, self.layer = prenorm, check_layer(layer)
-        self.norm = SequenceNorm(d_model, norm)
-        if layer == "lru":
-            self.lru = LRU(d_model, d_state, r_min, r_max, max_phase, bidirectional)
+        if not isinstance(options, BlockOptions):
+            warnings.warn(
+                "LRUBlock(d_model, d_state, ...) is deprecated: pass LRUBlock(BlockOptions(LayerOptions(d_model, "
+                "d_state, ...), norm=..., prenorm=..., dropout=...)) or BlockOptions.from_flat(...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            options = BlockOptions.from_flat(options, *args, **kwargs)
+        elif args or kwargs:
+            raise TypeError("LRUBlock(options): the options are a BlockOptions, and nothing else")
+        self.options = options
+        self.prenorm, self.layer = options.prenorm, options.layer.layer
+        self.norm = SequenceNorm(options.layer.d_model, options.norm)
+        if self.layer == "lru":
+            self.lru = make_layer(options.layer)
         else:
-            self.rnn = make_layer(layer, d_model, d_state, r_min, r_max, max_phase, bidirectional)
+            self.rnn = make_layer(options.layer)
         # GLU: value and gate from one H -> 2H product (first half value, second half gate).
-        self.glu = nn.Linear(d_model, 2 * d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.glu = nn.Linear(options.layer.d_model, 2 * options.layer.d_model)
+        self.dropout = nn.Dropout(options.dropout)
 
     def _mix(self, z: torch.Tensor) -> torch.Tensor:
         z = self.dropout(F.gelu(z))
@@ -261,7 +187,8 @@ class LRUModel(nn.Module):
     The encoder is an embedding when ``vocab_size`` is given (inputs (B, L) token ids), else a linear
     map from ``d_input`` features (inputs (B, L, d_input)). With ``dual=True`` (LRA Retrieval) the
     model takes two sequences, encodes both with the same blocks and classifies the pair with a
-    :class:`RetrievalHead`. ``layer`` chooses the blocks' recurrent layer (torch_lru.variants.LAYERS).
+    :class:`RetrievalHead`. ``layer`` chooses the blocks' recurrent layer (torch_lru.layers.LAYERS);
+    the block arguments (d_model ... layer) become ``self.block_options``, every block's.
     """
 
     def __init__(
@@ -300,10 +227,10 @@ class LRUModel(nn.Module):
             raise ValueError(f"LRUModel: dropout must be in [0, 1), got {dropout}")
         self.vocab_size, self.d_input, self.pooling, self.dual = vocab_size, d_input, pooling, dual
         self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)
-        self.blocks = nn.ModuleList(
-            LRUBlock(d_model, d_state, r_min, r_max, max_phase, bidirectional, norm, prenorm, dropout, layer)
-            for _ in range(n_layers)
+        self.block_options = BlockOptions.from_flat(
+            d_model, d_state, r_min, r_max, max_phase, bidirectional, norm, prenorm, dropout, layer
         )
+        self.blocks = nn.ModuleList(LRUBlock(self.block_options) for _ in range(n_layers))
         self.decoder = RetrievalHead(d_model, d_output) if dual else nn.Linear(d_model, d_output)
 
     def _check(self, x: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:

@@ -38,11 +38,6 @@ from .lra import data as lra_data
 from .lra import tasks
 from .modules import LRUModel
 
-# The recurrence's own parameters: a smaller learning rate and no weight decay (the paper, after S5).
-# The ablation's diagonal layers put theirs here too (eigenvalue parameters, input matrix, time
-# steps), so that every layer's recurrence trains under the same rule as the LRU's.
-LRU_GROUP = ("nu_log", "theta_log", "gamma_log", "B_re", "B_im", "lam_re", "lam_im", "a_log", "omega", "log_step")
-
 
 class RunError(RuntimeError):
     """A run that cannot start or go on as asked: the message says why."""
@@ -85,11 +80,23 @@ def build_model(config: dict, info: dict) -> LRUModel:
     return LRUModel(d_output=info["n_classes"], dual=info["dual"], **m)
 
 
+def recurrence_parameters(model) -> set:
+    """The parameters each recurrent layer names as its recurrence's (``recurrence_parameters``,
+    in either direction): a smaller learning rate and no weight decay (the paper, after S5)."""
+    out = set()
+    for module in model.modules():
+        names = getattr(module, "recurrence_parameters", ())
+        for name, p in module.named_parameters(recurse=False):
+            if name.removesuffix("_rev") in names:
+                out.add(p)
+    return out
+
+
 def build_optimizer(model, optim: dict):
+    recurrence = recurrence_parameters(model)
     lru, other_decay, other_no_decay = [], [], []
-    for name, p in model.named_parameters():
-        leaf = name.rsplit(".", 1)[-1].removesuffix("_rev")
-        if leaf in LRU_GROUP:
+    for p in model.parameters():
+        if p in recurrence:
             lru.append(p)
         elif p.dim() < 2:  # norms, biases and D: no weight decay
             other_no_decay.append(p)

@@ -21,6 +21,9 @@ namespace torch_lru {
 
 inline constexpr double kTwoPi = 6.283185307179586;
 
+// lambda = exp(-exp(nu_log) + i exp(theta_log)), complex: the LRU's eigenvalues, and diag_exp's.
+at::Tensor eigenvalues(const at::Tensor& nu_log, const at::Tensor& theta_log);
+
 // Draws the parameters of one LRU direction (paper, Lemma 3.2): lambda uniform on the ring
 // r_min <= |lambda| <= r_max with phase in [0, max_phase); gamma_log = log sqrt(1 - |lambda|^2);
 // B ~ N(0, 1) / sqrt(2 H); C ~ N(0, 1) / sqrt(N); D ~ N(0, 1). Random draws in this order: u1 (N),

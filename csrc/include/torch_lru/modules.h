@@ -1,8 +1,8 @@
-// The LRU layer, its residual block and the deep model as torch::nn modules, for LibTorch programs.
-// They mirror python/torch_lru/modules.py: the same parameter and buffer names, the same
-// initialisation (with one seed, the same values), the same outputs; the layer's math is the
-// torch_lru::lru op (torch_lru/lru.h) in both. Checkpoints are PyTorch state dicts (torch.save
-// files): see save_state_dict / load_state_dict below.
+// The residual block and the deep model as torch::nn modules, for LibTorch programs, above the
+// recurrent layers of torch_lru/layers.h. They mirror python/torch_lru/modules.py: the same
+// parameter and buffer names, the same initialisation (with one seed, the same values), the same
+// outputs. Checkpoints are PyTorch state dicts (torch.save files): see save_state_dict /
+// load_state_dict below.
 #pragma once
 
 #include <string>
@@ -10,58 +10,9 @@
 
 #include <torch/torch.h>
 
-#include "torch_lru/lru.h"
-#include "torch_lru/variants.h"
+#include "torch_lru/layers.h"
 
 namespace torch_lru {
-
-struct LRUOptions {
-  LRUOptions(int64_t d_model, int64_t d_state) : d_model_(d_model), d_state_(d_state) {}
-  TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, d_state);
-  TORCH_ARG(double, r_min) = 0.0;
-  TORCH_ARG(double, r_max) = 1.0;
-  TORCH_ARG(double, max_phase) = kTwoPi;
-  // A second direction, run from the last step to the first, with its own *_rev parameters (all
-  // but D); the two directions' outputs are summed.
-  TORCH_ARG(bool, bidirectional) = false;
-};
-
-// Linear Recurrent Unit over real sequences u (B, L, H). Parameters: nu_log, theta_log, gamma_log
-// (N); B_re, B_im (N, H); C_re, C_im (H, N); D (H); and *_rev copies when bidirectional.
-class LRUImpl : public torch::nn::Cloneable<LRUImpl> {
- public:
-  explicit LRUImpl(LRUOptions options);
-  LRUImpl(int64_t d_model, int64_t d_state) : LRUImpl(LRUOptions(d_model, d_state)) {}
-
-  // Draws every parameter (the forward direction first).
-  void reset() override;
-
-  // y (B, L, H). mask (B, L) bool, true at valid positions (undefined: all valid).
-  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
-  // (y, final state): state is the complex (B, N) state before the first step (undefined: zero).
-  // Unidirectional layers only.
-  std::tuple<torch::Tensor, torch::Tensor> forward_with_state(const torch::Tensor& u, const torch::Tensor& state = {},
-                                                              const torch::Tensor& mask = {});
-  // One token u_t (B, H) -> (y_t, new state). Unidirectional layers only.
-  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
-  // lambda (N,), complex.
-  torch::Tensor eigenvalues(bool reverse = false) const;
-
-  void pretty_print(std::ostream& stream) const override;
-
-  LRUOptions options;
-
- private:
-  struct Direction {
-    torch::Tensor nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im;
-  };
-  std::tuple<torch::Tensor, torch::Tensor> run(const torch::Tensor& u, const torch::Tensor& state,
-                                               const torch::Tensor& mask);
-  Direction forward_, reverse_;
-  torch::Tensor D_;
-};
-TORCH_MODULE(LRU);
 
 struct SequenceNormOptions {
   explicit SequenceNormOptions(int64_t d_model) : d_model_(d_model) {}
@@ -84,20 +35,20 @@ class SequenceNormImpl : public torch::nn::Cloneable<SequenceNormImpl> {
 };
 TORCH_MODULE(SequenceNorm);
 
+// A block's options hold its recurrent layer's (LRUOptions, read by whichever layer `layer` names).
 struct LRUBlockOptions {
-  LRUBlockOptions(int64_t d_model, int64_t d_state) : d_model_(d_model), d_state_(d_state) {}
-  TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, d_state);
-  TORCH_ARG(double, r_min) = 0.0;
-  TORCH_ARG(double, r_max) = 1.0;
-  TORCH_ARG(double, max_phase) = kTwoPi;
-  TORCH_ARG(bool, bidirectional) = false;
+  LRUBlockOptions(int64_t d_model, int64_t d_state) : recurrence_(d_model, d_state) {}
+  explicit LRUBlockOptions(LRUOptions recurrence) : recurrence_(std::move(recurrence)) {}
+  TORCH_ARG(LRUOptions, recurrence);
+  // The recurrent layer (torch_lru/layers.h): "lru" (submodule "lru") or another of
+  // layer_names() (submodule "rnn").
+  TORCH_ARG(std::string, layer) = "lru";
   TORCH_ARG(std::string, norm) = "batch";
   TORCH_ARG(bool, prenorm) = true;
   TORCH_ARG(double, dropout) = 0.0;
-  // The recurrent layer (torch_lru/variants.h): "lru" (submodule "lru") or another of
-  // layer_names() (submodule "rnn").
-  TORCH_ARG(std::string, layer) = "lru";
+
+ public:
+  int64_t d_model() const { return recurrence_.d_model(); }
 };
 
 // [pre-norm] -> LRU (or options.layer) -> GELU -> dropout -> GLU -> dropout -> residual add ->
@@ -134,25 +85,54 @@ class RetrievalHeadImpl : public torch::nn::Cloneable<RetrievalHeadImpl> {
 };
 TORCH_MODULE(RetrievalHead);
 
+// A model's options hold its blocks' (LRUBlockOptions), which hold their layer's (LRUOptions).
+// The setters r_min ... layer are shorthands for the nested entries.
 struct LRUModelOptions {
   LRUModelOptions(int64_t d_output, int64_t d_model = 128, int64_t d_state = 256)
-      : d_output_(d_output), d_model_(d_model), d_state_(d_state) {}
+      : d_output_(d_output), block_(d_model, d_state) {}
   TORCH_ARG(int64_t, d_output);
-  TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(int64_t, d_state);
+  TORCH_ARG(LRUBlockOptions, block);  // every block's
   TORCH_ARG(int64_t, n_layers) = 6;
   TORCH_ARG(int64_t, vocab_size) = 0;        // > 0: token inputs through an embedding
   TORCH_ARG(int64_t, d_input) = 1;           // features per step otherwise
   TORCH_ARG(std::string, pooling) = "mean";  // "mean" or "last"
   TORCH_ARG(bool, dual) = false;             // two sequences, RetrievalHead
-  TORCH_ARG(double, r_min) = 0.0;
-  TORCH_ARG(double, r_max) = 1.0;
-  TORCH_ARG(double, max_phase) = kTwoPi;
-  TORCH_ARG(bool, bidirectional) = false;
-  TORCH_ARG(std::string, norm) = "batch";
-  TORCH_ARG(bool, prenorm) = true;
-  TORCH_ARG(double, dropout) = 0.0;
-  TORCH_ARG(std::string, layer) = "lru";  // every block's recurrent layer (LRUBlockOptions::layer)
+
+ public:
+  int64_t d_model() const { return block_.d_model(); }
+
+  LRUModelOptions& r_min(double v) {
+    block_.recurrence().r_min(v);
+    return *this;
+  }
+  LRUModelOptions& r_max(double v) {
+    block_.recurrence().r_max(v);
+    return *this;
+  }
+  LRUModelOptions& max_phase(double v) {
+    block_.recurrence().max_phase(v);
+    return *this;
+  }
+  LRUModelOptions& bidirectional(bool v) {
+    block_.recurrence().bidirectional(v);
+    return *this;
+  }
+  LRUModelOptions& layer(const std::string& v) {
+    block_.layer(v);
+    return *this;
+  }
+  LRUModelOptions& norm(const std::string& v) {
+    block_.norm(v);
+    return *this;
+  }
+  LRUModelOptions& prenorm(bool v) {
+    block_.prenorm(v);
+    return *this;
+  }
+  LRUModelOptions& dropout(double v) {
+    block_.dropout(v);
+    return *this;
+  }
 };
 
 // Encoder (embedding or linear) -> n_layers LRUBlocks -> pooling -> decoder (Linear, or

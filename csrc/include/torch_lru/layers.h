@@ -1,0 +1,119 @@
+// The recurrent layers as torch::nn modules, for LibTorch programs: the LRU and the layers of the
+// paper's ablation (torch_lru/layer_math.h lists them). Each is a thin module over the ops that
+// hold its math (torch_lru/lru.h, torch_lru/layer_math.h), which the Python layers
+// (python/torch_lru/layers/) call too: the same parameter names, the same draws for one seed, the
+// same outputs. Every layer takes u (B, L, H) real and an optional mask (B, L) bool and returns
+// y (B, L, H). The residual block and the model around them are in torch_lru/modules.h.
+#pragma once
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "torch_lru/layer_math.h"
+#include "torch_lru/lru.h"
+
+namespace torch_lru {
+
+// The options of a recurrent layer; each layer reads those that apply to it (the ring for the
+// LRU, diag_complex and diag_exp; the sizes and bidirectional for all).
+struct LRUOptions {
+  LRUOptions(int64_t d_model, int64_t d_state) : d_model_(d_model), d_state_(d_state) {}
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, d_state);
+  TORCH_ARG(double, r_min) = 0.0;
+  TORCH_ARG(double, r_max) = 1.0;
+  TORCH_ARG(double, max_phase) = kTwoPi;
+  // A second direction, run from the last step to the first, with its own *_rev parameters (all
+  // but D); the two directions' outputs are summed.
+  TORCH_ARG(bool, bidirectional) = false;
+};
+
+// Linear Recurrent Unit over real sequences u (B, L, H). Parameters: nu_log, theta_log, gamma_log
+// (N); B_re, B_im (N, H); C_re, C_im (H, N); D (H); and *_rev copies when bidirectional.
+class LRUImpl : public torch::nn::Cloneable<LRUImpl> {
+ public:
+  explicit LRUImpl(LRUOptions options);
+  LRUImpl(int64_t d_model, int64_t d_state) : LRUImpl(LRUOptions(d_model, d_state)) {}
+
+  // Draws every parameter (the forward direction first).
+  void reset() override;
+
+  // y (B, L, H). mask (B, L) bool, true at valid positions (undefined: all valid).
+  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+  // (y, final state): state is the complex (B, N) state before the first step (undefined: zero).
+  // Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> forward_with_state(const torch::Tensor& u, const torch::Tensor& state = {},
+                                                              const torch::Tensor& mask = {});
+  // One token u_t (B, H) -> (y_t, new state). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  // lambda (N,), complex.
+  torch::Tensor eigenvalues(bool reverse = false) const;
+
+  void pretty_print(std::ostream& stream) const override;
+
+  LRUOptions options;
+
+ private:
+  struct Direction {
+    torch::Tensor nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im;
+  };
+  std::tuple<torch::Tensor, torch::Tensor> run(const torch::Tensor& u, const torch::Tensor& state,
+                                               const torch::Tensor& mask);
+  Direction forward_, reverse_;
+  torch::Tensor D_;
+};
+TORCH_MODULE(LRU);
+
+// diag_complex, diag_exp, s5 and s4d: parameters from layer_init, forward by diagonal_forward.
+class DiagonalLayerImpl : public torch::nn::Cloneable<DiagonalLayerImpl> {
+ public:
+  DiagonalLayerImpl(std::string kind, const LRUOptions& options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+  // (lambda (N,) complex, B_re (N, H), B_im (N, H)) of one direction.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> discretised(bool reverse) const;
+
+  std::string kind;
+  LRUOptions options;
+
+ private:
+  std::vector<torch::Tensor> direction(bool reverse) const;
+};
+TORCH_MODULE(DiagonalLayer);
+
+// tanh_rnn: torch::nn::RNN's parameters (submodule "rnn"), a bias-free read-out ("out") and D;
+// forward by the tanh_rnn op. A mask must mark a valid prefix of each row.
+class TanhRNNImpl : public torch::nn::Cloneable<TanhRNNImpl> {
+ public:
+  TanhRNNImpl(int64_t d_model, int64_t d_state, bool bidirectional);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+
+  int64_t d_model, d_state;
+  bool bidirectional;
+  torch::nn::RNN rnn{nullptr};
+  torch::nn::Linear out{nullptr};
+  torch::Tensor D;
+};
+TORCH_MODULE(TanhRNN);
+
+// linear_dense: parameters from layer_init, forward by dense_recurrence per direction plus D u.
+class LinearDenseImpl : public torch::nn::Cloneable<LinearDenseImpl> {
+ public:
+  LinearDenseImpl(int64_t d_model, int64_t d_state, bool bidirectional);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+
+  int64_t d_model, d_state;
+  bool bidirectional;
+};
+TORCH_MODULE(LinearDense);
+
+// The layer called `name` (one of layer_names() but "lru": a block holds the LRU itself, as the
+// submodule "lru"), built from the options that apply to it.
+torch::nn::AnyModule make_layer(const std::string& name, const LRUOptions& options);
+
+}  // namespace torch_lru

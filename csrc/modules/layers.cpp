@@ -1,0 +1,166 @@
+// The recurrent layers as torch::nn modules (torch_lru/layers.h): thin modules over the ops that
+// hold their math, which the Python layers call too.
+#include "torch_lru/layers.h"
+
+namespace torch_lru {
+
+namespace {
+
+const char* const kDirectionNames[] = {"nu_log", "theta_log", "gamma_log", "B_re", "B_im", "C_re", "C_im"};
+
+std::string suffix(bool reverse) { return reverse ? "_rev" : ""; }
+
+std::vector<bool> directions(bool bidirectional) {
+  return bidirectional ? std::vector<bool>{false, true} : std::vector<bool>{false};
+}
+
+// Registers `layer`'s parameters as layer_init draws them, under layer_parameter_names.
+void register_drawn(torch::nn::Module& module, const std::string& layer, const LRUOptions& o) {
+  const auto names = layer_parameter_names(layer, o.bidirectional());
+  const auto values =
+      layer_init(layer, o.d_model(), o.d_state(), o.r_min(), o.r_max(), o.max_phase(), o.bidirectional());
+  for (size_t i = 0; i < names.size(); ++i) module.register_parameter(names[i], values[i]);
+}
+
+}  // namespace
+
+// ---- LRU ----
+
+LRUImpl::LRUImpl(LRUOptions options_) : options(std::move(options_)) { reset(); }
+
+void LRUImpl::reset() {
+  for (bool reverse : {false, true}) {
+    if (reverse && !options.bidirectional()) break;
+    auto drawn = lru_init(options.d_model(), options.d_state(), options.r_min(), options.r_max(), options.max_phase());
+    Direction& d = reverse ? reverse_ : forward_;
+    torch::Tensor* slots[] = {&d.nu_log, &d.theta_log, &d.gamma_log, &d.B_re, &d.B_im, &d.C_re, &d.C_im};
+    const std::string suffix = reverse ? "_rev" : "";
+    for (size_t i = 0; i < 7; ++i) *slots[i] = register_parameter(kDirectionNames[i] + suffix, drawn[i]);
+    if (!reverse) D_ = register_parameter("D", drawn[7]);
+  }
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUImpl::run(const torch::Tensor& u, const torch::Tensor& state,
+                                                      const torch::Tensor& mask) {
+  auto opt = [](const torch::Tensor& t) { return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt; };
+  const Direction& f = forward_;
+  auto [y, final_state] =
+      lru_forward(u, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_, opt(state), opt(mask));
+  if (options.bidirectional()) {
+    const Direction& r = reverse_;
+    y = y + std::get<0>(lru_forward(u, r.nu_log, r.theta_log, r.gamma_log, r.B_re, r.B_im, r.C_re, r.C_im, std::nullopt,
+                                    std::nullopt, opt(mask), /*reverse=*/true));
+  }
+  return {y, final_state};
+}
+
+torch::Tensor LRUImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
+  return std::get<0>(run(u, {}, mask));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUImpl::forward_with_state(const torch::Tensor& u, const torch::Tensor& state,
+                                                                     const torch::Tensor& mask) {
+  TORCH_CHECK(!options.bidirectional(),
+              "LRU: a bidirectional layer sees the whole sequence; it takes and returns no state");
+  return run(u, state, mask);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LRUImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
+  TORCH_CHECK(!options.bidirectional(),
+              "LRU: a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  const Direction& f = forward_;
+  return lru_step(u_t, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_,
+                  state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor LRUImpl::eigenvalues(bool reverse) const {
+  const Direction& d = reverse ? reverse_ : forward_;
+  TORCH_CHECK(d.nu_log.defined(), "LRU: this layer has no reverse direction");
+  return torch_lru::eigenvalues(d.nu_log, d.theta_log);
+}
+
+void LRUImpl::pretty_print(std::ostream& stream) const {
+  stream << "torch_lru::LRU(d_model=" << options.d_model() << ", d_state=" << options.d_state()
+         << ", r_min=" << options.r_min() << ", r_max=" << options.r_max() << ", max_phase=" << options.max_phase()
+         << ", bidirectional=" << (options.bidirectional() ? "true" : "false") << ")";
+}
+
+// ---- the ablation's layers ----
+
+DiagonalLayerImpl::DiagonalLayerImpl(std::string kind_, const LRUOptions& o) : kind(std::move(kind_)), options(o) {
+  diagonal_direction_names(kind);  // checks the kind
+  reset();
+}
+
+void DiagonalLayerImpl::reset() { register_drawn(*this, kind, options); }
+
+std::vector<torch::Tensor> DiagonalLayerImpl::direction(bool reverse) const {
+  std::vector<torch::Tensor> out;
+  for (const auto& name : diagonal_direction_names(kind)) out.push_back(parameters_[name + suffix(reverse)]);
+  return out;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> DiagonalLayerImpl::discretised(bool reverse) const {
+  return diagonal_discretise(kind, direction(reverse));
+}
+
+torch::Tensor DiagonalLayerImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
+  const auto m = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+  torch::Tensor y;
+  for (bool reverse : directions(options.bidirectional())) {
+    const auto D = reverse ? std::nullopt : std::optional<torch::Tensor>(parameters_["D"]);
+    auto out = diagonal_forward(u, kind, direction(reverse), parameters_["C_re" + suffix(reverse)],
+                                parameters_["C_im" + suffix(reverse)], D, m, reverse);
+    y = y.defined() ? y + out : out;
+  }
+  return y;
+}
+
+TanhRNNImpl::TanhRNNImpl(int64_t d_model_, int64_t d_state_, bool bidirectional_)
+    : d_model(d_model_), d_state(d_state_), bidirectional(bidirectional_) {
+  reset();
+}
+
+void TanhRNNImpl::reset() {
+  rnn = register_module("rnn", torch::nn::RNN(torch::nn::RNNOptions(d_model, d_state)
+                                                  .nonlinearity(torch::kTanh)
+                                                  .batch_first(true)
+                                                  .bidirectional(bidirectional)));
+  out = register_module(
+      "out", torch::nn::Linear(torch::nn::LinearOptions(d_state * (bidirectional ? 2 : 1), d_model).bias(false)));
+  D = register_parameter("D", torch::randn({d_model}));
+}
+
+torch::Tensor TanhRNNImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
+  return tanh_rnn(u, mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt, rnn->all_weights(),
+                  bidirectional, is_training(), out->weight, D);
+}
+
+LinearDenseImpl::LinearDenseImpl(int64_t d_model_, int64_t d_state_, bool bidirectional_)
+    : d_model(d_model_), d_state(d_state_), bidirectional(bidirectional_) {
+  reset();
+}
+
+void LinearDenseImpl::reset() {
+  register_drawn(*this, "linear_dense", LRUOptions(d_model, d_state).bidirectional(bidirectional));
+}
+
+torch::Tensor LinearDenseImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
+  const auto m = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+  auto y = parameters_["D"] * u;
+  for (bool reverse : directions(bidirectional)) {
+    const auto s = suffix(reverse);
+    y = y + dense_recurrence(u, parameters_["A" + s], parameters_["B" + s], parameters_["C" + s], m, reverse);
+  }
+  return y;
+}
+
+torch::nn::AnyModule make_layer(const std::string& name, const LRUOptions& o) {
+  check_layer(name);
+  TORCH_CHECK(name != "lru", "make_layer: the LRU is torch_lru::LRU (the block holds it as \"lru\")");
+  if (name == "tanh_rnn") return torch::nn::AnyModule(TanhRNN(o.d_model(), o.d_state(), o.bidirectional()));
+  if (name == "linear_dense") return torch::nn::AnyModule(LinearDense(o.d_model(), o.d_state(), o.bidirectional()));
+  return torch::nn::AnyModule(DiagonalLayer(name, o));
+}
+
+}  // namespace torch_lru
