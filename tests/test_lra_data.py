@@ -155,7 +155,7 @@ def test_pathfinder_layout_labels_and_seeds(tmp_path):
     assert splits["train"].item(0).shape == (1024, 1)
     (tmp_path / "a" / "imgs" / "0" / "sample_9.png").unlink()
     with pytest.raises(DataError, match="sample_9.png, which does not exist"):
-        list(tasks.read_pathfinder(tmp_path / "a"))
+        list(pathfinder.read_pathfinder(tmp_path / "a"))
 
 
 # ---- Text, Retrieval, Image, Fashion-MNIST ----

@@ -196,3 +196,35 @@ def collate(split: Split, index: np.ndarray, multiple: int = 16) -> dict:
         x2, mask2 = _pad(split.second, index, multiple, x.shape[1])
         batch["x2"], batch["mask2"] = torch.from_numpy(x2), torch.from_numpy(mask2)
     return batch
+
+
+# ---- shared by the readers ----
+
+BYTE_VOCAB = 257  # byte b is token b + 1; 0 is padding
+
+
+def need(path: Path, what: str) -> Path:
+    """path, or a DataError saying what was expected there."""
+    if not path.exists():
+        raise DataError(path, f"not found (expected {what})")
+    return path
+
+
+def nonempty(split: Split, path: Path, what: str) -> Split:
+    """Every split a reader returns holds at least one row."""
+    if len(split) == 0:
+        raise DataError(path, f"holds no {what}")
+    return split
+
+
+def byte_tokens(text: str, max_length: int) -> np.ndarray:
+    """The first max_length UTF-8 bytes of text as tokens 1..256."""
+    return np.frombuffer(text.encode("utf-8")[:max_length], dtype=np.uint8).astype(np.uint16) + 1
+
+
+def holdout(train: Split, fraction: float, source: Path) -> dict[str, Split]:
+    n_val = int(round(len(train) * fraction))
+    if n_val < 1 or n_val >= len(train):
+        raise DataError(source, f"holds {len(train)} rows, too few to hold out {fraction:.0%} for validation")
+    index = np.arange(len(train))
+    return {"train": train.subset(index[: len(train) - n_val]), "val": train.subset(index[len(train) - n_val :])}

@@ -18,6 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .data import Split, cached, need, nonempty, pack
 from .errors import DataError, text_lines
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -245,3 +246,13 @@ def read_tsv(path: Union[str, Path]) -> Iterator[tuple[np.ndarray, int]]:
         if problem:
             raise DataError(path, f"not a well-formed expression: {problem}", lineno)
         yield np.asarray([TOKEN_ID[t] for t in tokenize(source)], dtype=np.uint8), int(target)
+
+
+def read_splits(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    """DIR/basic_{train,val,test}.tsv (LRA's listops-1000)."""
+    out = {}
+    for split in SPLITS:
+        path = need(data_dir / f"basic_{split}.tsv", "LRA's listops-1000/basic_{train,val,test}.tsv")
+        build = lambda p=path: nonempty(pack(read_tsv(p)), p, "expressions after its header")  # noqa: E731
+        out[split] = cached("listops", [path], {}, build, cache_dir)
+    return out

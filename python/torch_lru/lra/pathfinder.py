@@ -1,5 +1,5 @@
 """Pathfinder and Path-X (Linsley et al. 2018, as LRA uses them): a generator writing the official
-image + metadata layout. The reader is tasks.read_pathfinder.
+image + metadata layout, and its reader.
 
 Each image holds two target contours and some shorter distractors, all dashed: chains of short
 anti-aliased line segments ("paddles") separated by gaps, each paddle's direction drawn close to
@@ -16,11 +16,15 @@ extension, as in the release) a text file with one line per image:
 import math
 import multiprocessing
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .data import Split, cached, need, pack
+from .errors import DataError, text_lines
 
 BATCH = 1000  # images per folder, as in the release
 
@@ -198,3 +202,92 @@ def write_dataset(
         for job in jobs:
             _write_batch(job)
     return sorted((out / "metadata").glob("*.npy"))
+
+
+# ---- the reader ----
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One line of a Pathfinder metadata file: where it is, the image it names, and its label."""
+
+    meta: Path
+    line: int
+    image: Path
+    label: int
+
+
+def list_pathfinder(root: Path) -> list[ImageEntry]:
+    """Every image the metadata files list, checked: each line well formed, each image a file
+    inside ``root`` (no '..' or absolute path leads out of it, nor a link), at least one image."""
+    meta_dir = need(root / "metadata", "the Pathfinder layout DIR/{imgs/<batch>/sample_<i>.png, metadata/<batch>.npy}")
+    files = sorted(meta_dir.glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+    if not files:
+        raise DataError(meta_dir, "no metadata/<batch>.npy files")
+    inside = root.resolve()
+    entries = []
+    for meta in files:
+        for lineno, line in text_lines(meta):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4 or fields[3] not in ("0", "1"):
+                raise DataError(meta, "expected 'folder file _ label ...' with label 0 or 1", lineno)
+            image = (root / fields[0] / fields[1]).resolve()
+            if not image.is_relative_to(inside):
+                raise DataError(
+                    meta, f"names {fields[0]}/{fields[1]}, which lies outside the data folder {inside}", lineno
+                )
+            if not image.is_file():
+                raise DataError(meta, f"lists {root / fields[0] / fields[1]}, which does not exist", lineno)
+            entries.append(ImageEntry(meta, lineno, image, int(fields[3])))
+    if not entries:
+        raise DataError(meta_dir, "the metadata files list no images")
+    return entries
+
+
+def read_pathfinder(root: Path, entries: Optional[list[ImageEntry]] = None) -> Iterator[tuple[np.ndarray, int]]:
+    """(pixels (H*W, 1), label) for every image the metadata files list, all of one size; the
+    empty image of the official release is skipped."""
+    from PIL import Image, UnidentifiedImageError  # pillow, a dependency of matplotlib
+
+    shape = None
+    for e in entries if entries is not None else list_pathfinder(root):
+        if e.image.stat().st_size == 0:
+            continue  # the release's known empty file (pathfinder32/curv_baseline/imgs/0/sample_172.png)
+        try:
+            with Image.open(e.image) as im:
+                pixels = np.asarray(im.convert("L"), dtype=np.uint8)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise DataError(e.meta, f"cannot read the image {e.image}: {err}", e.line) from None
+        if shape is None:
+            shape = pixels.shape
+        elif pixels.shape != shape:
+            raise DataError(
+                e.meta,
+                f"{e.image} is {pixels.shape[1]}x{pixels.shape[0]} pixels, the images before it "
+                f"{shape[1]}x{shape[0]} (one task has one image size)",
+                e.line,
+            )
+        yield pixels.reshape(-1, 1), e.label
+
+
+def read_splits(data_dir: Path, opts: dict, cache_dir) -> dict[str, Split]:
+    """Every image the metadata list, in a seeded 80/10/10 split."""
+    entries = list_pathfinder(data_dir)
+    # The cache covers the metadata files and every image they list.
+    sources = sorted({e.meta for e in entries}) + [e.image for e in entries]
+    build = lambda: pack(read_pathfinder(data_dir, entries), channels=1)  # noqa: E731
+    every = cached("pathfinder", sources, {}, build, cache_dir)
+    if len(every) < 10:
+        raise DataError(
+            data_dir / "metadata", f"lists {len(every)} readable images; the 80/10/10 split needs at least 10"
+        )
+    rng = np.random.default_rng(int(opts.get("split_seed", 0)))
+    order = rng.permutation(len(every))
+    n_val = n_test = len(every) // 10
+    return {
+        "train": every.subset(order[n_val + n_test :]),
+        "val": every.subset(order[:n_val]),
+        "test": every.subset(order[n_val : n_val + n_test]),
+    }
