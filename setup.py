@@ -1,19 +1,27 @@
 """Builds the torch_lru extension: the ops (the scan's CPU kernels, and CUDA kernels whenever nvcc
-and a CUDA build of torch are present, GPU or not) into python/torch_lru/_C.*.so.
+and a CUDA build of torch are present, GPU or not) into python/torch_lru/_C.*.so. The package's
+metadata (name, version, dependencies) is in pyproject.toml.
 
 The sources are found by the same globs as CMakeLists.txt (csrc/ops/*.cpp, cuda/*.cu), so the two
-builds cannot drift apart; CMake adds csrc/modules, the torch::nn modules for C++ programs. Build
-with the project's environment: scripts/setup_env.sh.
+builds cannot drift apart; CMake adds csrc/modules, the torch::nn modules for C++ programs. The
+default CUDA architecture is CMakeLists.txt's TORCH_LRU_DEFAULT_CUDA_ARCH. Build with the project's
+environment: scripts/setup_env.sh.
 """
 
 import glob
 import os
+import re
 
 import torch
 from setuptools import setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def default_cuda_arch() -> str:
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        return re.search(r'set\(TORCH_LRU_DEFAULT_CUDA_ARCH "([^"]+)"\)', f.read()).group(1)
 
 
 def sources(pattern):
@@ -41,7 +49,7 @@ def extension():
         return CppExtension(sources=sources("csrc/ops/*.cpp"), extra_compile_args={"cxx": cxx_flags}, **kwargs)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         # Without a GPU to query, torch cannot pick architectures itself.
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_arch()
     nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     if os.environ.get("TORCH_LRU_PTXAS_VERBOSE"):  # register and spill report of every kernel
         nvcc_flags.append("-Xptxas=-v")
@@ -53,14 +61,7 @@ def extension():
 
 
 setup(
-    name="torch_lru",
-    version="0.1.0",
-    description="Linear Recurrent Unit for PyTorch and LibTorch: a fast complex diagonal scan op",
-    package_dir={"": "python"},
-    packages=["torch_lru", "torch_lru.lra"],
-    package_data={"torch_lru.lra": ["configs/*.json"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    python_requires=">=3.9",
 )

@@ -15,7 +15,6 @@ mkdir -p "$build"
 echo "$prefix" >"$build/.torch-prefix"
 cuda=OFF
 command -v nvcc >/dev/null && cuda=ON
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 cmake -S "$repo" -B "$build" -G Ninja -DCMAKE_MAKE_PROGRAM="$venv/bin/ninja" -DCMAKE_PREFIX_PATH="$prefix" \
   -DTORCH_LRU_CUDA="$cuda" "$@" >/dev/null
 cmake --build "$build" -j "$(nproc)"

@@ -20,7 +20,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 out=${OUT:-$repo/runs/gpu_check}
 mkdir -p "$out"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
+export MAX_JOBS=${MAX_JOBS:-16} PYTHONUNBUFFERED=1
 export TORCH_LRU_CUDA=1 TORCH_LRU_SCAN_TIMEOUT_MS=${TORCH_LRU_SCAN_TIMEOUT_MS:-2000}
 py=${PYTHON:-python3}
 summary="$out/summary.txt"

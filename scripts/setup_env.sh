@@ -19,9 +19,8 @@ if [[ ! -f $venv/.complete ]]; then
 fi
 
 if [[ ${TORCH_LRU_SKIP_BUILD:-0} != 1 ]]; then
-  # CUDA sources are compiled whenever nvcc is present, GPU or not; the arch list must then be set
-  # explicitly because there is no device to query.
-  export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+  # CUDA sources are compiled whenever nvcc is present, GPU or not (setup.py names the default
+  # architecture where there is no device to query).
   export MAX_JOBS=${MAX_JOBS:-$(nproc)}
   (cd "$repo" && "$venv/bin/python" setup.py --quiet build_ext --inplace >&2)
 fi

@@ -7,8 +7,6 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
-# No GPU to query when configuring torch's CMake: name the CUDA architectures.
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
 # Runs a build step, showing its output only if it fails.
 quiet() {
