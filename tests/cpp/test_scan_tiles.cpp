@@ -21,8 +21,8 @@
 #include <thread>
 #include <vector>
 
-#include "torch_lru/scan.h"
 #include "ops/scan_tiles.h"
+#include "torch_lru/scan.h"
 
 namespace {
 
