@@ -6,6 +6,14 @@ Like is timed with like: "alloc" rows allocate their output on every call (scan 
 the fewest bytes each pass must move: forward reads x and writes h; backward reads grad_h and h and
 writes grad_x (the per-channel grad_lam is negligible).
 
+The backward is timed against its memory floor: an elementwise op that moves the same bytes with
+as many input and output streams, timed beside it, both allocating their outputs (like with like:
+both pay the same page faults): grad_x alone (grad_h in, grad_x out) against -g; grad_x and
+grad_lam against g + h (time-invariant lam: grad_lam is (N,)); with lam per step (B, L, N), lam is
+one more input and grad_lam one more output: g * lam, and addcmul(g, h, lam) plus one more
+written tensor. "ratio" is floor time over op time (1 = at the floor). The in-cache rate is ns per
+element on one thread, every tensor in L2 (B=8, L=64, N=64), for the forward and each backward.
+
 Peers, each timed on inputs prepared once (the friendliest terms for them) and checked against the
 op before it is timed: jax.lax.associative_scan with the LRU's binary operator under jax.jit (the
 paper's and S5's method; skipped where JAX is absent), torch's associative_scan under torch.compile
@@ -14,7 +22,12 @@ and an FFT convolution with the kernel lam^k (time-invariant lam only). "speed-u
 over the op's, forward and forward+backward.
 
     scripts/python scripts/bench_scan.py [--device cpu|cuda] [--quick] [--peers jax,torch_assoc,fft]
-        [--no-loop] [--plot PATH] [--json PATH]
+        [--no-loop] [--no-backward] [--heap warm|cold] [--plot PATH] [--json PATH]
+
+--heap warm (the default) restarts the script with glibc told to keep freed memory
+(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so that allocating calls reuse pages already
+faulted in; --heap cold keeps glibc's defaults, under which every output of these sizes is a
+fresh mmap whose page faults cost more than the kernels (the "alloc" rows then time mostly them).
 """
 
 import argparse
@@ -237,6 +250,82 @@ def bench_size(B, L, N, device, peers=(), loop=True):
     return row
 
 
+BACKWARD_CASES = {  # name: (lam per step, output_mask of scan_backward)
+    "x": (False, [False, True, False]),
+    "x+lam": (False, [True, True, False]),
+    "x, lam/step": (True, [False, True, False]),
+    "x+lam, lam/step": (True, [True, True, False]),
+}
+
+
+def backward_inputs(B, L, N, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, L, N, dtype=torch.complex64, generator=gen)
+
+    def polar(shape):
+        return torch.polar(0.9 + 0.1 * torch.rand(shape, generator=gen), 6.28 * torch.rand(shape, generator=gen))
+
+    lam, lam_t = polar(N).to(device), polar((B, L, N)).to(device)
+    x, g = x.to(device), torch.randn(B, L, N, dtype=torch.complex64, generator=gen).to(device)
+    return x, g, lam, lam_t, torch_lru.scan(lam, x), torch_lru.scan(lam_t, x)
+
+
+def bench_backward(B, L, N, device):
+    """Each backward against the elementwise op that moves its bytes (both allocating)."""
+    x, g, lam, lam_t, h, h_t = backward_inputs(B, L, N, device)
+    sb = torch.ops.torch_lru.scan_backward
+    floors = {
+        "x": lambda: torch.neg(g),
+        "x+lam": lambda: g + h,
+        "x, lam/step": lambda: g * lam_t,
+        "x+lam, lam/step": lambda: (torch.addcmul(g, h_t, lam_t), torch.empty_like(g).fill_(1)),
+    }
+    row = {"size": [B, L, N]}
+    for name, (per_step, mask) in BACKWARD_CASES.items():
+        a, hh = (lam_t, h_t) if per_step else (lam, h)
+        op = timeit(lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask), device)
+        floor = timeit(floors[name], device)
+        row[name] = {"op ms": op * 1e3, "floor ms": floor * 1e3, "ratio": floor / op}
+    ratios = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in row.items() if k != "size")
+    log(f"  backward, floor / op: {ratios}")
+    return row
+
+
+def in_cache_rates(device):
+    """ns per element on one thread, everything in L2: the arithmetic's own rate."""
+    B, L, N = 8, 64, 64
+    x, g, lam, lam_t, h, h_t = backward_inputs(B, L, N, device)
+    sb = torch.ops.torch_lru.scan_backward
+    out = torch.empty_like(x)
+    calls = {"forward": lambda: torch_lru.scan(lam, x, out=out)}
+    for name, (per_step, mask) in BACKWARD_CASES.items():
+        a, hh = (lam_t, h_t) if per_step else (lam, h)
+        calls[f"backward {name}"] = lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {k: timeit(f, device, min_time=0.3, max_reps=2000) / x.numel() * 1e9 for k, f in calls.items()}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def print_backward_table(rows, rates):
+    names = list(BACKWARD_CASES)
+    print(
+        "\nbackward against its floor (an elementwise op over the same bytes, both allocating): "
+        "op ms / floor ms, floor / op"
+    )
+    print(f"{'B x L x N':>18} | " + " | ".join(f"{n:>24}" for n in names))
+    for r in rows:
+        cells = [f"{r[n]['op ms']:7.2f} / {r[n]['floor ms']:6.2f}, {r[n]['ratio']:4.2f}" for n in names]
+        print(f"{'x'.join(map(str, r['size'])):>18} | " + " | ".join(f"{c:>24}" for c in cells))
+    if rates:
+        print(
+            "in-cache rate, one thread, B=8 L=64 N=64, ns per element: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in rates.items())
+        )
+
+
 def print_peer_table(rows, peers):
     print("\nspeed-up of the op over each peer (peer time / op time), forward | forward+backward")
     names = ["loop", *peers]
@@ -251,7 +340,8 @@ def print_peer_table(rows, peers):
 
 
 def print_table(rows, device):
-    print(f"\nscan benchmark, complex64, lam (N,), device={device}, threads={torch.get_num_threads()}")
+    heap = "warm" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "cold"
+    print(f"\nscan benchmark, complex64, lam (N,), device={device}, threads={torch.get_num_threads()}, heap={heap}")
     head = (
         f"{'B x L x N':>18} | {'copy GB/s a/r':>14} | {'scan GB/s a/r':>14} | {'fwd/copy a/r':>12} | "
         f"{'bwd GB/s':>8} | {'f+b GB/s':>8} | {'vs loop f':>9} | {'vs loop f+b':>11}"
@@ -297,9 +387,14 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
     ap.add_argument("--peers", default="jax,torch_assoc,fft", help="comma-separated; empty for none")
     ap.add_argument("--no-loop", action="store_true", help="skip the Python loop (the op against the copy only)")
+    ap.add_argument("--no-backward", action="store_true", help="skip the backward against its floor")
+    ap.add_argument("--heap", default="warm", choices=["warm", "cold"], help="see above")
     ap.add_argument("--plot", help="write a bar chart (PNG) here")
     ap.add_argument("--json", help="write the figures (JSON) here")
     args = ap.parse_args()
+    if args.heap == "warm" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**36))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads them at start-up
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_scan.py: --device cuda but no GPU is visible")
     sizes = CUDA_SIZES if args.device == "cuda" else CPU_SIZES
@@ -309,15 +404,27 @@ def main():
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise SystemExit(f"bench_scan.py: unknown peer {unknown}; choose from {', '.join(PEERS)}")
-    rows = []
+    rows, backward_rows, rates = [], [], {}
     for size in sizes:  # figures are written after every size, so a run cut short keeps its rows
         rows.append(bench_size(*size, args.device, peers, loop=not args.no_loop))
         print_table(rows[-1:], args.device)
+        if not args.no_backward:
+            backward_rows.append(bench_backward(*size, args.device))
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"device": args.device, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1)
+                figures = {"device": args.device, "threads": torch.get_num_threads(), "rows": rows}
+                json.dump({**figures, "backward": backward_rows}, f, indent=1)
+    if not args.no_backward and args.device == "cpu":
+        rates = in_cache_rates(args.device)
+        if args.json:
+            with open(args.json) as f:
+                figures = json.load(f)
+            with open(args.json, "w") as f:
+                json.dump({**figures, "in_cache_ns": rates}, f, indent=1)
     print_table(rows, args.device)
     print_peer_table(rows, peers)
+    if backward_rows:
+        print_backward_table(backward_rows, rates)
     if args.plot:
         plot(rows, args.plot, args.device)
 

@@ -307,6 +307,69 @@ def test_backward_matches_autograd_of_reference(device, dtype, per_step, reverse
         torch.testing.assert_close(a.cpu().to(b.dtype), b, rtol=0, atol=tol)
 
 
+# Each CPU kernel build (csrc/ops/scan_cpu_isa_*.cpp), chosen with TORCH_LRU_CPU_ISA in a fresh
+# process (the choice is read once), computes the cases below; the parent checks them against the
+# float64 loop. A build the processor cannot run falls back to the widest one it can.
+ISA_CASES = [  # (B, L, N, dtype): odd widths, rows walked up and down, L split on two threads
+    (2, 300, 37, torch.complex64),
+    (1, 3000, 8, torch.complex64),
+    (3, 50, 300, torch.float32),
+    (2, 77, 19, torch.complex128),
+]
+ISA_SCRIPT = """
+import sys, torch, torch_lru
+torch.set_num_threads(2)
+cases, out = torch.load(sys.argv[1]), []
+for lam, x, h0, g, reverse in cases:
+    h = torch_lru.scan(lam, x, h0, reverse)
+    grads = torch.ops.torch_lru.scan_backward(g, lam, h, h0, reverse, [True, True, True])
+    out.append((h, *grads))
+torch.save(out, sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_cpu_kernel_build(isa, tmp_path):
+    import subprocess
+    import sys
+
+    cases = []
+    for k, (B, L, N, dtype) in enumerate(ISA_CASES):
+        for per_step in (False, True):
+            for reverse in (False, True):
+                lam, x, h0 = make_inputs(B, L, N, dtype, "cpu", per_step, seed=k)
+                cases.append((lam, x, h0, torch.randn(x.shape, dtype=dtype), reverse))
+    torch.save(cases, tmp_path / "cases.pt")
+    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
+    done = subprocess.run(
+        [sys.executable, "-c", ISA_SCRIPT, str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for (lam, x, h0, g, reverse), got in zip(cases, torch.load(tmp_path / "out.pt")):
+        assert_close_to_reference(got[0], reference(lam, x, h0, reverse), x.dtype)
+        wide = [t.to(WIDE[x.dtype]).requires_grad_() for t in (lam, x, h0)]
+        want = torch.autograd.grad(scan_loop(*wide, reverse), wide, g.to(WIDE[x.dtype]))
+        for a, b in zip(got[1:], want):  # grad_lam, grad_x, grad_h0
+            scale = max(b.abs().max().item(), 1.0)
+            tol = (1e-4 if x.dtype in (torch.float32, torch.complex64) else 1e-11) * scale
+            torch.testing.assert_close(a.to(b.dtype), b, rtol=0, atol=tol)
+
+
+def test_unknown_cpu_kernel_build_is_refused():
+    import subprocess
+    import sys
+
+    code = "import torch, torch_lru; torch_lru.scan(torch.ones(2), torch.ones(1, 3, 2))"
+    env = dict(os.environ, TORCH_LRU_CPU_ISA="sse9")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "TORCH_LRU_CPU_ISA must be baseline, avx2 or avx512, got 'sse9'" in done.stderr
+
+
 @pytest.mark.parametrize("per_step", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_fused_and_differentiable_backward_agree(device, per_step, reverse):

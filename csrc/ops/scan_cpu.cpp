@@ -1,8 +1,12 @@
 // The CPU backend of the scan ops: argument checks, layout, and the choice of kernel build
-// (AVX2 + FMA when the processor has them, else baseline) for csrc/ops/scan_cpu_kernels.h.
+// (AVX-512, else AVX2 + FMA, when the processor has them, else baseline) for csrc/ops/scan_cpu_kernels.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "ops/scan_checks.h"
 #include "ops/scan_cpu_kernels_api.h"
@@ -10,28 +14,53 @@
 namespace torch_lru {
 namespace {
 
-bool use_avx2() {
+// The widest kernel build the processor runs, or a narrower one named by the environment variable
+// TORCH_LRU_CPU_ISA (baseline, avx2, avx512; read once), to compare builds or test each of them.
+enum class Isa { baseline, avx2, avx512 };
+
+Isa best_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::baseline;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-#else
-  return false;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
+      best = Isa::avx512;
+    }
 #endif
+    const char* want = std::getenv("TORCH_LRU_CPU_ISA");
+    if (want == nullptr || *want == '\0') return best;
+    const std::string name(want);
+    const Isa cap = name == "baseline" ? Isa::baseline : name == "avx2" ? Isa::avx2 : Isa::avx512;
+    TORCH_CHECK(name == "baseline" || name == "avx2" || name == "avx512",
+                "TORCH_LRU_CPU_ISA must be baseline, avx2 or avx512, got '", name, "'");
+    return std::min(best, cap);
+  }();
+  return isa;
 }
 
 template <typename T>
 auto forward_kernel(bool per_step) {
-  if (use_avx2())
-    return per_step ? &cpu::avx2::scan_forward_kernel<T, true> : &cpu::avx2::scan_forward_kernel<T, false>;
-  return per_step ? &cpu::baseline::scan_forward_kernel<T, true> : &cpu::baseline::scan_forward_kernel<T, false>;
+  switch (best_isa()) {
+    case Isa::avx512:
+      return per_step ? &cpu::avx512::scan_forward_kernel<T, true> : &cpu::avx512::scan_forward_kernel<T, false>;
+    case Isa::avx2:
+      return per_step ? &cpu::avx2::scan_forward_kernel<T, true> : &cpu::avx2::scan_forward_kernel<T, false>;
+    default:
+      return per_step ? &cpu::baseline::scan_forward_kernel<T, true> : &cpu::baseline::scan_forward_kernel<T, false>;
+  }
 }
 
 template <typename T>
 auto backward_kernel(bool per_step) {
-  if (use_avx2()) {
-    return per_step ? &cpu::avx2::scan_backward_kernel<T, true> : &cpu::avx2::scan_backward_kernel<T, false>;
+  switch (best_isa()) {
+    case Isa::avx512:
+      return per_step ? &cpu::avx512::scan_backward_kernel<T, true> : &cpu::avx512::scan_backward_kernel<T, false>;
+    case Isa::avx2:
+      return per_step ? &cpu::avx2::scan_backward_kernel<T, true> : &cpu::avx2::scan_backward_kernel<T, false>;
+    default:
+      return per_step ? &cpu::baseline::scan_backward_kernel<T, true> : &cpu::baseline::scan_backward_kernel<T, false>;
   }
-  return per_step ? &cpu::baseline::scan_backward_kernel<T, true> : &cpu::baseline::scan_backward_kernel<T, false>;
 }
 
 void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {

@@ -7,10 +7,11 @@
 // Work is split into units of (batch row, block of channels); channels are the contiguous axis, and
 // a block is a whole row whenever N allows, so a unit streams through contiguous memory and the
 // inner loop over channels vectorises (complex state is kept as separate real and imaginary arrays
-// for that). When threads outnumber units three to one or more (small B, long L) L is split into
+// for that). When threads outnumber units two to one or more (small B, long L) L is split into
 // chunks, chained as in a decoupled look-back scan (run_partitioned). Chunks are sized to stay in
 // a core's L2 between reduction and scan, so memory traffic stays near one read of x and one write
-// of h.
+// of h. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
+// with the rows a few steps ahead prefetched and the channels walked in the direction of travel.
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -51,9 +52,10 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
   p.blocks = (N + p.block - 1) / p.block;
   p.units = B * p.blocks;
   const int64_t chunk_len = std::max(kMinChunkLen, kChunkBytes / (p.block * elem_size));
-  // The split does about twice the arithmetic of a plain scan (reduce, then scan); measured on two
-  // cores it was slower than one thread per unit, so it is used from three threads per unit on.
-  const bool split = threads >= 3 * p.units && L >= 2 * chunk_len;
+  // The split does about twice the arithmetic of a plain scan (reduce, then scan), which two
+  // threads on one unit repay: B=1, L=2^20, N=64 complex64 ran 1.3-1.8x faster split on two cores
+  // than on one thread (docs/perf.md, 2026-12-02).
+  const bool split = threads >= 2 * p.units && L >= 2 * chunk_len;
   p.chunks = ChunkPlan{L, split ? chunk_len : std::max<int64_t>(L, 1)};
   return p;
 }
@@ -122,53 +124,100 @@ struct UnitLayout {
   int64_t step() const { return reverse ? -N : N; }
 };
 
+// Visits the channels j in [0, nb) kGroup at a time: upwards, or (kDown) from the top group down,
+// each group upwards. The fixed-length group loop vectorises without the peeling and alias checks
+// of a loop to nb. Walking down serves scans that step from row t to row t-1 through rows shorter
+// than a page: the addresses of the whole pass then fall steadily and the hardware prefetchers
+// follow them (see walk_down below).
+template <bool kDown, int64_t kGroup, typename Body>
+inline void for_channels(int64_t nb, Body&& body) {
+  const int64_t full = nb / kGroup * kGroup;
+  auto group = [&](int64_t j0) {
+#pragma omp simd
+    for (int64_t j = j0; j < j0 + kGroup; ++j) body(j);
+  };
+  auto rest = [&] {
+#pragma omp simd
+    for (int64_t j = full; j < nb; ++j) body(j);
+  };
+  if (kDown) {
+    rest();
+    for (int64_t j0 = full - kGroup; j0 >= 0; j0 -= kGroup) group(j0);
+  } else {
+    for (int64_t j0 = 0; j0 < full; j0 += kGroup) group(j0);
+    rest();
+  }
+}
+
 // The state of one unit: `nb` channels, kept so that the loops over channels vectorise. Each loop
-// reads and writes rows of the (B, L, N) tensors (`nb` consecutive values of T).
-template <typename T>
+// reads and writes rows of the (B, L, N) tensors (`nb` consecutive values of T), visiting the
+// channels downwards when kDown.
+template <typename T, bool kDown>
 struct Row {
   T v[kMaxBlock];
 
+  template <typename Body>
+  static void each(int64_t nb, Body&& body) {
+    for_channels<kDown, 256 / sizeof(T)>(nb, body);
+  }
   void load(const T* src, int64_t nb) { std::copy_n(src, nb, v); }
+  void load_conj(const T* src, int64_t nb) {
+    for (int64_t j = 0; j < nb; ++j) v[j] = conj_value(src[j]);
+  }
   void fill(T value, int64_t nb) { std::fill_n(v, nb, value); }
   void store(T* dst, int64_t nb) const { std::copy_n(v, nb, dst); }
   T get(int64_t j) const { return v[j]; }
-  // v = a * v + x (a conjugated when kConj), and out = v when out is given.
+  // v = a * v + x (a conjugated when kConj).
   template <bool kConj>
-  void step(const T* a, const T* x, T* out, int64_t nb) {
-    for (int64_t j = 0; j < nb; ++j) v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j];
-    if (out != nullptr) std::copy_n(v, nb, out);
+  void step(const T* a, const T* x, int64_t nb) {
+    each(nb, [&](int64_t j) { v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j]; });
   }
-  // v = a * v + x with a constant coefficient held in a Row, and out = v.
-  void step_with(const Row& a, const T* x, T* out, int64_t nb) {
-    for (int64_t j = 0; j < nb; ++j) v[j] = a.v[j] * v[j] + x[j];
-    std::copy_n(v, nb, out);
+  // v = a * v + x and out = v, a per step (conjugated when kConj) or constant (held in a Row);
+  // when kGrad also the backward's grad_lam term of the step, conj(p) * v, written to pout (per
+  // step) or added to acc (constant). One pass over the row: the state stays in L1 between parts.
+  template <bool kConj, bool kGrad>
+  void step_out(const T* a, const T* x, T* out, const T* p, T* pout, int64_t nb) {
+    each(nb, [&](int64_t j) {
+      v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j];
+      out[j] = v[j];
+      if (kGrad) pout[j] = conj_value(p[j]) * v[j];
+    });
+  }
+  template <bool kGrad>
+  void step_out_with(const Row& a, const T* x, T* out, const T* p, Row& acc, int64_t nb) {
+    each(nb, [&](int64_t j) {
+      v[j] = a.v[j] * v[j] + x[j];
+      out[j] = v[j];
+      if (kGrad) acc.v[j] += conj_value(p[j]) * v[j];
+    });
   }
   template <bool kConj>
   void scale(const T* a, int64_t nb) {
-    for (int64_t j = 0; j < nb; ++j) v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j];
-  }
-  // out = conj(p) * v, or acc += conj(p) * v.
-  void conj_times(const T* p, T* out, int64_t nb) const {
-    for (int64_t j = 0; j < nb; ++j) out[j] = conj_value(p[j]) * v[j];
-  }
-  void accumulate_conj_times(const T* p, Row& acc, int64_t nb) const {
-    for (int64_t j = 0; j < nb; ++j) acc.v[j] += conj_value(p[j]) * v[j];
+    each(nb, [&](int64_t j) { v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j]; });
   }
 };
 
 // Complex state as separate real and imaginary arrays: the interleaved rows are read and written
 // with stride-2 accesses, which the compiler vectorises, where c10::complex arithmetic is not.
-template <typename R>
-struct Row<c10::complex<R>> {
+template <typename R, bool kDown>
+struct Row<c10::complex<R>, kDown> {
   using T = c10::complex<R>;
   R re[kMaxBlock], im[kMaxBlock];
 
   static const R* flat(const T* p) { return reinterpret_cast<const R*>(p); }
   static R* flat(T* p) { return reinterpret_cast<R*>(p); }
+  template <typename Body>
+  static void each(int64_t nb, Body&& body) {
+    for_channels<kDown, 256 / sizeof(T)>(nb, body);
+  }
 
   void load(const T* src, int64_t nb) {
     const R* s = flat(src);
     for (int64_t j = 0; j < nb; ++j) re[j] = s[2 * j], im[j] = s[2 * j + 1];
+  }
+  void load_conj(const T* src, int64_t nb) {
+    const R* s = flat(src);
+    for (int64_t j = 0; j < nb; ++j) re[j] = s[2 * j], im[j] = -s[2 * j + 1];
   }
   void fill(T value, int64_t nb) {
     std::fill_n(re, nb, value.real());
@@ -179,69 +228,97 @@ struct Row<c10::complex<R>> {
     for (int64_t j = 0; j < nb; ++j) d[2 * j] = re[j], d[2 * j + 1] = im[j];
   }
   T get(int64_t j) const { return T(re[j], im[j]); }
+  // (re, im) = (ar, ai) * (re, im) + (xr, xi) at channel j.
+  void mul_add(int64_t j, R ar, R ai, R xr, R xi) {
+    const R r = ar * re[j] - ai * im[j] + xr;
+    im[j] = ar * im[j] + ai * re[j] + xi, re[j] = r;
+  }
   template <bool kConj>
-  void step(const T* a_, const T* x_, T* out_, int64_t nb) {
+  void step(const T* a_, const T* x_, int64_t nb) {
     const R* a = flat(a_);
     const R* x = flat(x_);
     constexpr R sign = kConj ? R(-1) : R(1);
-    auto body = [&](int64_t j) {
-      const R ar = a[2 * j], ai = sign * a[2 * j + 1];
-      const R r = ar * re[j] - ai * im[j] + x[2 * j];
-      const R i = ar * im[j] + ai * re[j] + x[2 * j + 1];
-      re[j] = r, im[j] = i;
-    };
-    if (out_ == nullptr) {
-      for (int64_t j = 0; j < nb; ++j) body(j);
-    } else {
-      R* out = flat(out_);
-      for (int64_t j = 0; j < nb; ++j) body(j), out[2 * j] = re[j], out[2 * j + 1] = im[j];
-    }
+    each(nb, [&](int64_t j) { mul_add(j, a[2 * j], sign * a[2 * j + 1], x[2 * j], x[2 * j + 1]); });
   }
-  void step_with(const Row& a, const T* x_, T* out_, int64_t nb) {
+  template <bool kConj, bool kGrad>
+  void step_out(const T* a_, const T* x_, T* out_, const T* p_, T* pout_, int64_t nb) {
+    const R* a = flat(a_);
     const R* x = flat(x_);
+    const R* p = flat(p_);
     R* out = flat(out_);
-    for (int64_t j = 0; j < nb; ++j) {
-      const R r = a.re[j] * re[j] - a.im[j] * im[j] + x[2 * j];
-      const R i = a.re[j] * im[j] + a.im[j] * re[j] + x[2 * j + 1];
-      re[j] = r, im[j] = i;
-      out[2 * j] = r, out[2 * j + 1] = i;
-    }
+    R* pout = flat(pout_);
+    constexpr R sign = kConj ? R(-1) : R(1);
+    each(nb, [&](int64_t j) {
+      mul_add(j, a[2 * j], sign * a[2 * j + 1], x[2 * j], x[2 * j + 1]);
+      out[2 * j] = re[j], out[2 * j + 1] = im[j];
+      if (kGrad) {  // conj(p) * v
+        pout[2 * j] = p[2 * j] * re[j] + p[2 * j + 1] * im[j];
+        pout[2 * j + 1] = p[2 * j] * im[j] - p[2 * j + 1] * re[j];
+      }
+    });
+  }
+  template <bool kGrad>
+  void step_out_with(const Row& a, const T* x_, T* out_, const T* p_, Row& acc, int64_t nb) {
+    const R* x = flat(x_);
+    const R* p = flat(p_);
+    R* out = flat(out_);
+    each(nb, [&](int64_t j) {
+      mul_add(j, a.re[j], a.im[j], x[2 * j], x[2 * j + 1]);
+      out[2 * j] = re[j], out[2 * j + 1] = im[j];
+      if (kGrad) {  // acc += conj(p) * v
+        acc.re[j] += p[2 * j] * re[j] + p[2 * j + 1] * im[j];
+        acc.im[j] += p[2 * j] * im[j] - p[2 * j + 1] * re[j];
+      }
+    });
   }
   template <bool kConj>
   void scale(const T* a_, int64_t nb) {
     const R* a = flat(a_);
     constexpr R sign = kConj ? R(-1) : R(1);
-    for (int64_t j = 0; j < nb; ++j) {
-      const R ar = a[2 * j], ai = sign * a[2 * j + 1];
-      const R r = ar * re[j] - ai * im[j];
-      im[j] = ar * im[j] + ai * re[j], re[j] = r;
-    }
+    each(nb, [&](int64_t j) { mul_add(j, a[2 * j], sign * a[2 * j + 1], R(0), R(0)); });
   }
-  void conj_times(const T* p_, T* out_, int64_t nb) const {
-    const R* p = flat(p_);
-    R* out = flat(out_);
-    for (int64_t j = 0; j < nb; ++j) {
-      const R pr = p[2 * j], pi = p[2 * j + 1];
-      out[2 * j] = pr * re[j] + pi * im[j];
-      out[2 * j + 1] = pr * im[j] - pi * re[j];
-    }
+};
+
+// Whether a scan walks each row's channels downwards: when it steps to lower addresses (from row t to
+// row t-1) through rows shorter than a page. Measured on 2 KB rows (8x4096x256 complex64), walking
+// down was 1.2-1.45x faster; on 4 KB rows (two units per row of 1x4096x1024) walking up was
+// 1.2x faster, the prefetchers training on each page walked upwards (docs/perf.md, 2026-12-02).
+inline bool walk_down(bool descending, int64_t row_bytes) { return descending && row_bytes < 4096; }
+
+// Asks for the rows that the loop over steps reads `rows` steps ahead. The hardware prefetchers
+// alone left a scan 1.2-1.6x slower than an elementwise op over the same bytes: its per-step work
+// waits on memory without overlapping it (docs/perf.md, 2026-12-02).
+struct RowPrefetch {
+  int64_t rows;  // steps ahead, about kPrefetchBytes of each stream; 0: off
+  int64_t step;  // element distance between consecutive steps
+
+  static constexpr int64_t kPrefetchBytes = 4 * 1024;
+  // Below this size a tensor stays in the caches, where prefetching only costs instructions.
+  static constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
+
+  template <typename T>
+  static RowPrefetch make(const UnitLayout& lay, int64_t nb, int64_t B) {
+    const int64_t row = nb * int64_t(sizeof(T));
+    const bool on = B * lay.L * lay.N * int64_t(sizeof(T)) > kCachedBytes;
+    return {on ? std::max<int64_t>(1, kPrefetchBytes / row) : 0, lay.step()};
   }
-  void accumulate_conj_times(const T* p_, Row& acc, int64_t nb) const {
-    const R* p = flat(p_);
-    for (int64_t j = 0; j < nb; ++j) {
-      const R pr = p[2 * j], pi = p[2 * j + 1];
-      acc.re[j] += pr * re[j] + pi * im[j];
-      acc.im[j] += pr * im[j] - pi * re[j];
-    }
+  // Prefetches the row of `nb` values that is `rows` steps after p, if step s + rows < s1.
+  template <typename T>
+  void operator()(const T* p, int64_t nb, int64_t s, int64_t s1) const {
+    if (rows == 0 || s + rows >= s1) return;
+    const char* c = reinterpret_cast<const char*>(p + rows * step);
+    for (int64_t b = 0; b < nb * int64_t(sizeof(T)); b += 64) __builtin_prefetch(c + b);
   }
 };
 
 // ---------------------------------------------------------------------------------------------
 // Forward: h_t = a_t * h_{t-1} + x_t.
 
-template <typename T, bool kPerStep>
-void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N, bool reverse) {
-  const Partition p = make_partition(B, L, N, sizeof(T));
+// kDown: each row's channels are walked downwards (walk_down).
+template <typename T, bool kPerStep, bool kDown>
+void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0, T* h, int64_t L, int64_t N,
+                       bool reverse) {
+  using RowT = Row<T, kDown>;
   const UnitLayout lay{L, N, p.blocks, p.block, reverse};
   const int64_t step = lay.step();
   // Per-channel coefficient of unit u at logical step s.
@@ -249,14 +326,17 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
 
   auto aggregate = [&](int64_t u, int64_t s0, int64_t s1, Affine<T>* maps) {
     const int64_t nb = lay.width(u);
-    Row<T> A, Bv;  // A, the product of the coefficients, is tracked only when they vary per step
+    RowT A, Bv;  // A, the product of the coefficients, is tracked only when they vary per step
     if (kPerStep) A.fill(T(1), nb);
     Bv.fill(T(0), nb);
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
+    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
     for (int64_t s = s0; s < s1; ++s, xs += step, as += kPerStep ? step : 0) {
+      ahead(xs, nb, s, s1);
+      if (kPerStep) ahead(as, nb, s, s1);
       if (kPerStep) A.template scale<false>(as, nb);
-      Bv.template step<false>(as, xs, nullptr, nb);
+      Bv.template step<false>(as, xs, nb);
     }
     const T* a = coef(u, s0);
     for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : power(a[j], s1 - s0), Bv.get(j)};
@@ -264,17 +344,25 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
 
   auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
     const int64_t nb = lay.width(u);
-    Row<T> carry;
+    RowT carry;
     carry.load(state, nb);
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
     T* hs = h + lay.offset(u, s0);
+    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
     if (kPerStep) {
-      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += step) carry.template step<false>(as, xs, hs, nb);
+      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += step) {
+        ahead(xs, nb, s, s1);
+        ahead(as, nb, s, s1);
+        carry.template step_out<false, false>(as, xs, hs, nullptr, nullptr, nb);
+      }
     } else {
-      Row<T> a;  // the constant coefficient, laid out like the state (no per-step de-interleaving)
+      RowT a;  // the constant coefficient, laid out like the state (no per-step de-interleaving)
       a.load(as, nb);
-      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step) carry.step_with(a, xs, hs, nb);
+      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step) {
+        ahead(xs, nb, s, s1);
+        carry.template step_out_with<false>(a, xs, hs, nullptr, a, nb);
+      }
     }
     carry.store(state, nb);
   };
@@ -288,16 +376,26 @@ void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B,
   run_partitioned<T>(p, L, state, aggregate, scan);
 }
 
+template <typename T, bool kPerStep>
+void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N, bool reverse) {
+  const Partition p = make_partition(B, L, N, sizeof(T));
+  if (walk_down(reverse, p.block * sizeof(T))) {
+    scan_forward_rows<T, kPerStep, true>(p, lam, x, h0, h, L, N, reverse);
+  } else {
+    scan_forward_rows<T, kPerStep, false>(p, lam, x, h0, h, L, N, reverse);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward. With k the forward's logical step, d_k = g_k + conj(a_{k+1}) d_{k+1} (d_{L-1} = g_{L-1})
 // is a scan in the opposite direction whose coefficient at a step is conj(a) of the step visited
 // just before it. Then grad_x = d, grad_a_k = conj(h_{k-1}) d_k (h_{-1} = h0 or 0), and
-// grad_h0 = conj(a_0) d_0.
+// grad_h0 = conj(a_0) d_0. kDown: each row's channels are walked downwards (walk_down).
 
-template <typename T, bool kPerStep>
-void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* gx, T* glam, T* gh0, int64_t B,
-                          int64_t L, int64_t N, bool reverse) {
-  const Partition p = make_partition(B, L, N, sizeof(T));
+template <typename T, bool kPerStep, bool kDown>
+void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h, const T* h0, T* gx, T* glam, T* gh0,
+                        int64_t L, int64_t N, bool reverse) {
+  using RowT = Row<T, kDown>;
   // Backward logical step s is the forward's step L-1-s: the layout runs the other way.
   const UnitLayout lay{L, N, p.blocks, p.block, !reverse};
   const int64_t step = lay.step();
@@ -310,7 +408,7 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
   // coefficient is never needed (and its a_{k+1} does not exist): it is taken as zero.
   auto aggregate = [&](int64_t u, int64_t s0, int64_t s1, Affine<T>* maps) {
     const int64_t nb = lay.width(u);
-    Row<T> A, Bv;
+    RowT A, Bv;
     const T* gs = g + lay.offset(u, s0);
     int64_t s = s0;
     if (s == 0) {
@@ -323,9 +421,12 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
     }
     const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
     const T* as = coef(u, s - 1);
+    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
     for (; s < s1; ++s, gs += step, as += kPerStep ? step : 0) {
+      ahead(gs, nb, s, s1);
+      if (kPerStep) ahead(as, nb, s, s1);
       if (kPerStep) A.template scale<true>(as, nb);
-      Bv.template step<true>(as, gs, nullptr, nb);
+      Bv.template step<true>(as, gs, nb);
     }
     const T* a = coef(u, 0);
     for (int64_t j = 0; j < nb; ++j) {
@@ -334,43 +435,63 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
     }
   };
 
-  auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
+  // Steps [s0, s1) of unit u from the carry in `state`; kGrad: grad_lam wanted. Each step is one
+  // pass over its row: d = conj(a) d + g, grad_x = d and the grad_lam term conj(h_{k-1}) d.
+  auto scan_steps = [&](auto grad_tag, int64_t u, int64_t s0, int64_t s1, T* state) {
+    constexpr bool kGrad = decltype(grad_tag)::value;
     const int64_t nb = lay.width(u);
-    Row<T> d, acc;
+    RowT d, acc;
     d.load(state, nb);
-    acc.fill(T(0), nb);
+    if (kGrad && !kPerStep) acc.fill(T(0), nb);
     const int64_t off = lay.offset(u, s0);
     const T* gs = g + off;
     T* gxs = gx + off;
     const T* hs = h + off;  // h at this step; h_{k-1} is one step further along
-    T* gas = kPerStep && grad_lam ? glam + off : nullptr;
-    std::vector<T> zeros(h0 == nullptr && grad_lam ? nb : 0, T(0));
+    T* gas = kPerStep && kGrad ? glam + off : nullptr;
+    // Step 0 (d_{L-1} = g_{L-1}, from the zero carry) runs with a zero coefficient; the last
+    // step's h_{k-1} is h0, or zero.
+    const std::vector<T> zeros(nb, T(0));
     const T* h_first = h0 != nullptr ? h0 + lay.batch(u) * N + lay.channel0(u) : zeros.data();
-    // At step 0 `as` already points at the coefficient of step 1, so it only advances after.
-    const T* as = coef(u, std::max<int64_t>(s0 - 1, 0));
-    for (int64_t s = s0; s < s1; ++s, gs += step, gxs += step, hs += step) {
-      if (s == 0) {
-        d.load(gs, nb);
-        d.store(gxs, nb);
-      } else {
-        d.template step<true>(as, gs, gxs, nb);
-        if (kPerStep) as += step;
+    auto previous_h = [&](int64_t s_, const T* h_s) { return !kGrad ? nullptr : s_ == L - 1 ? h_first : h_s + step; };
+    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
+    if (kPerStep) {
+      const T* as = s0 == 0 ? zeros.data() : coef(u, s0 - 1);
+      const T* a_here = coef(u, s0);  // a at step s, read by the next step
+      for (int64_t s = s0; s < s1; ++s, gs += step, gxs += step, hs += step, a_here += step) {
+        ahead(gs, nb, s, s1);
+        ahead(a_here, nb, s, s1);
+        if (kGrad) ahead(hs + step, nb, s + 1, s1);
+        d.template step_out<true, kGrad>(as, gs, gxs, previous_h(s, hs), gas, nb);
+        as = s == 0 ? coef(u, 0) : as + step;
+        if (kGrad) gas += step;
       }
-      if (grad_lam) {
-        const T* hp = s == L - 1 ? h_first : hs + step;
-        if (kPerStep) {
-          d.conj_times(hp, gas, nb);
-          gas += step;
-        } else {
-          d.accumulate_conj_times(hp, acc, nb);
-        }
+    } else {
+      RowT a, zero;  // conj of the constant coefficient, laid out like the state
+      a.load_conj(coef(u, 0), nb);
+      int64_t s = s0;
+      if (s == 0) {
+        zero.fill(T(0), nb);
+        d.template step_out_with<kGrad>(zero, gs, gxs, previous_h(s, hs), acc, nb);
+        ++s, gs += step, gxs += step, hs += step;
+      }
+      for (; s < s1; ++s, gs += step, gxs += step, hs += step) {
+        ahead(gs, nb, s, s1);
+        if (kGrad) ahead(hs + step, nb, s + 1, s1);
+        d.template step_out_with<kGrad>(a, gs, gxs, previous_h(s, hs), acc, nb);
       }
     }
     d.store(state, nb);
-    if (!kPerStep && grad_lam) {
+    if (!kPerStep && kGrad) {
       // One row per (unit, chunk), summed below in a fixed order: deterministic.
       T* row = &partial[(u * p.chunks.num_chunks() + p.chunk_of(s0)) * p.block];
       for (int64_t j = 0; j < nb; ++j) row[j] = acc.get(j);
+    }
+  };
+  auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
+    if (grad_lam) {
+      scan_steps(std::true_type{}, u, s0, s1, state);
+    } else {
+      scan_steps(std::false_type{}, u, s0, s1, state);
     }
   };
 
@@ -393,6 +514,17 @@ void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* 
         for (int64_t j = 0; j < lay.width(u); ++j) glam[lay.channel0(u) + j] += row[j];
       }
     }
+  }
+}
+
+template <typename T, bool kPerStep>
+void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* gx, T* glam, T* gh0, int64_t B,
+                          int64_t L, int64_t N, bool reverse) {
+  const Partition p = make_partition(B, L, N, sizeof(T));
+  if (walk_down(!reverse, p.block * sizeof(T))) {
+    scan_backward_rows<T, kPerStep, true>(p, g, lam, h, h0, gx, glam, gh0, L, N, reverse);
+  } else {
+    scan_backward_rows<T, kPerStep, false>(p, g, lam, h, h0, gx, glam, gh0, L, N, reverse);
   }
 }
 

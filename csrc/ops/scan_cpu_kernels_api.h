@@ -17,6 +17,7 @@
 
 TORCH_LRU_DECLARE_CPU_KERNELS(baseline)
 TORCH_LRU_DECLARE_CPU_KERNELS(avx2)
+TORCH_LRU_DECLARE_CPU_KERNELS(avx512)
 
 // Explicit instantiations for every dtype, used by each scan_cpu_isa_*.cpp.
 #define TORCH_LRU_INSTANTIATE_CPU_KERNELS_FOR(T)                                                                     \
