@@ -18,10 +18,31 @@ if [[ ! -f $venv/.complete ]]; then
   touch "$venv/.complete"
 fi
 
-if [[ ${TORCH_LRU_SKIP_BUILD:-0} != 1 ]]; then
+# The built library is current when it is newer than every source, build file and the environment.
+extension_is_current() {
+  local lib
+  lib=$(compgen -G "$repo/python/torch_lru/_C*.so" | head -n 1) || return 1
+  [[ -n $lib ]] || return 1
+  [[ -z $(find "$repo/csrc" "$repo/cuda" "$repo/setup.py" "$repo/pyproject.toml" "$repo/CMakeLists.txt" \
+    "$venv/.complete" -newer "$lib" -print -quit) ]]
+}
+
+if [[ ${TORCH_LRU_SKIP_BUILD:-0} != 1 ]] && ! extension_is_current; then
   # CUDA sources are compiled whenever nvcc is present, GPU or not (setup.py names the default
-  # architecture where there is no device to query).
+  # architecture where there is no device to query). The compiler's output is kept in a log and
+  # shown only if the build fails.
   export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-  (cd "$repo" && "$venv/bin/python" setup.py --quiet build_ext --inplace >&2)
+  what="the CPU kernels"
+  if [[ ${TORCH_LRU_CUDA:-auto} != 0 ]] && { command -v nvcc || [[ -x ${CUDA_HOME:-/usr/local/cuda}/bin/nvcc ]]; } >/dev/null; then
+    what="the CPU and CUDA kernels"
+  fi
+  echo "setup_env: building the torch_lru extension ($what); the first build takes a few minutes" >&2
+  mkdir -p "$repo/build"
+  log="$repo/build/build_ext.log"
+  if ! (cd "$repo" && "$venv/bin/python" setup.py --quiet build_ext --inplace) >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup_env: the extension build failed (its output is above and in $log)" >&2
+    exit 1
+  fi
 fi
 echo "$venv"
