@@ -43,16 +43,19 @@ torch::Tensor SequenceNormImpl::forward(const torch::Tensor& x, const torch::Ten
                                options.momentum(), options.eps(), /*cudnn_enabled=*/true);
     return y.view(x.sizes());
   }
-  auto valid = mask.unsqueeze(-1).to(x.scalar_type());
+  // The statistics in the buffers' precision: under bf16 autocast x arrives in bf16, which the
+  // float buffers cannot be updated from (and sums over B*L would lose digits in).
+  const auto xs = x.to(running_mean.scalar_type());
+  auto valid = mask.unsqueeze(-1).to(xs.scalar_type());
   auto count = valid.sum().clamp_min(1);
-  auto mean = (x * valid).sum(at::IntArrayRef{0, 1}) / count;
-  auto var = ((x - mean) * valid).square().sum(at::IntArrayRef{0, 1}) / count;
+  auto mean = (xs * valid).sum(at::IntArrayRef{0, 1}) / count;
+  auto var = ((xs - mean) * valid).square().sum(at::IntArrayRef{0, 1}) / count;
   {
     torch::NoGradGuard no_grad;
     running_mean.lerp_(mean, options.momentum());
     running_var.lerp_(var * count / (count - 1).clamp_min(1), options.momentum());
   }
-  return (x - mean) * torch::rsqrt(var + options.eps()) * weight + bias;
+  return (xs - mean) * torch::rsqrt(var + options.eps()) * weight + bias;
 }
 
 // ---- LRUBlock ----

@@ -92,6 +92,9 @@ class SequenceNorm(nn.Module):
                 self.eps,
             )
             return y.view(x.shape)
+        # The statistics in the buffers' precision: under bf16 autocast x arrives in bf16, which the
+        # float buffers cannot be updated from (and sums over B*L would lose digits in).
+        x = x.to(self.running_mean.dtype)
         valid = mask.unsqueeze(-1).to(x.dtype)
         count = valid.sum().clamp_min(1)
         mean = (x * valid).sum((0, 1)) / count
