@@ -222,11 +222,13 @@ def test_two_process_ddp_with_gloo(tmp_path, listops_dir):
         "train.eval_every=4",
         "--set",
         "train.log_every=4",
+        "--set",
+        "train.compile=true",  # DDP under torch.compile (the default for long CPU runs)
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["steps"] == 8
+    assert summary["world_size"] == 2 and summary["steps"] == 8 and summary["compiled"]
     # Metrics are reduced over both ranks and written once, by rank 0.
     rows = read_metrics(out / "metrics.csv")
     assert [r["step"] for r in rows if r["split"] == "val"] == ["4", "8"]
@@ -240,6 +242,80 @@ def test_every_config_builds_a_model():
         c = training.load_config(name)
         assert set(c) >= {"task", "_sources", "data", "model", "optim", "train"}, name
         training.build_model(c, training.tasks.task_info(c["task"]))  # every config builds a model
+
+
+def synthetic_batch(info: dict, B=3, L=40, seed=0):
+    """A padded batch for a task's model: token ids or pixels, a mask with short rows, and the
+    second sequence of a dual task."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([L, L // 2, 7][:B])
+    mask = torch.arange(L)[None] < lengths[:, None]
+
+    def sequence():
+        if info["vocab_size"]:
+            return torch.randint(1, info["vocab_size"], (B, L), generator=g) * mask
+        return torch.rand(B, L, info["channels"], generator=g) * 2 - 1
+
+    batch = {"x": sequence(), "mask": mask}
+    if info["dual"]:
+        batch.update(x2=sequence(), mask2=mask.flip(0))
+    return batch
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in training.CONFIG_DIR.glob("*.json")))
+def test_every_packaged_config_compiles_without_a_graph_break(name):
+    """Each packaged config's model (its layer, norm, pooling, direction and head; narrower) under
+    torch.compile(fullgraph=True, dynamic=True), forward and backward, masked, with bf16 autocast
+    as a GPU run has it (here on the CPU), against eager."""
+    import warnings
+
+    config = training.load_config(name)
+    config["model"].update(d_model=8, d_state=4, n_layers=2, dropout=0.0)  # no dropout: equal draws
+    info = training.tasks.task_info(config["task"])
+    torch.manual_seed(0)
+    model = training.build_model(config, info)
+    torch._dynamo.reset()  # each config's model is compiled afresh (see training.compile_model)
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    batch = synthetic_batch(info)
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            want = model(**batch).float()
+            grads = torch.autograd.grad(want.sum(), list(model.parameters()))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*complex.*")
+                got = compiled(**batch).float()
+                got_grads = torch.autograd.grad(got.sum(), list(model.parameters()))
+        tol = 2e-2 if autocast else 1e-5
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        for a, b in zip(got_grads, grads):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_compile_defaults_to_long_cpu_runs():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert training.wants_compile(None, cpu, training.COMPILE_MIN_STEPS)
+    assert not training.wants_compile(None, cpu, training.COMPILE_MIN_STEPS - 1)
+    assert not training.wants_compile(None, cuda, 10**6)  # not measured on a GPU yet
+    assert training.wants_compile(True, cpu, 1) and not training.wants_compile(False, cpu, 10**6)
+
+
+def test_a_compiled_run_agrees_with_an_eager_one_and_resumes_either_way(tmp_path, listops_dir):
+    """A few steps compiled (masked batches of varied lengths, bidirectional, batch norm), stopped
+    and resumed eagerly, against an eager run throughout: the same losses and weights to rounding."""
+    eager, compiled = tiny_config(compile=False), tiny_config(compile=True)
+    run(eager, tmp_path / "eager", listops_dir, tmp_path, max_steps=6)
+    assert run(compiled, tmp_path / "mixed", listops_dir, tmp_path, max_steps=6, stop_after=3) == {"stopped_at": 3}
+    first = load_checkpoint(tmp_path / "mixed" / "last.pt")["progress"]
+    assert first["compile_time"] > 0 and first["train_time"] > 0
+    summary = run(eager, tmp_path / "mixed", listops_dir, tmp_path, max_steps=6, resume=True)
+    assert summary["compiled"] is False and summary["compile_time_s"] == first["compile_time"]
+    a, b = (read_metrics(tmp_path / name / "metrics.csv") for name in ("eager", "mixed"))
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert abs(float(ra["loss"]) - float(rb["loss"])) < 1e-4, (ra, rb)
+    weights = [load_checkpoint(tmp_path / name / "last.pt")["model"] for name in ("eager", "mixed")]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-3, atol=1e-4, msg=key)
 
 
 def test_the_lru_group_gets_its_own_learning_rate_and_no_weight_decay():

@@ -15,6 +15,9 @@ validation loss or non-finite weights stop the run, and no checkpoint is ever wr
 state. Checkpoints are read with torch.load(weights_only=True) only.
 Under torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel: each rank takes every
 world-th batch, metrics are summed across ranks, and rank 0 writes the files.
+With train.compile (by default on for long CPU runs, see wants_compile) the training step runs the
+model through torch.compile; evaluation stays eager, checkpoints hold the plain model's weights,
+and the time spent compiling is measured apart from the steps' (summary.json: compile_time_s).
 """
 
 import copy
@@ -23,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -222,7 +226,9 @@ class Run:
     eval_every: int
     amp_dtype: Optional[torch.dtype]
     model: torch.nn.Module
-    net: torch.nn.Module  # the model, or its DDP wrapper
+    net: torch.nn.Module  # the model, or its DDP wrapper (evaluation runs it)
+    train_net: torch.nn.Module  # what the training step runs: net, compiled when `compiled`
+    compiled: bool
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
 
@@ -239,12 +245,65 @@ def fresh_progress() -> dict:
         "train_time": 0.0,
         "skipped_steps": 0,
         "skipped_in_a_row": 0,
+        "compile_time": 0.0,  # seconds torch.compile spent in the steps (kept out of train_time)
         "window": fresh_window(),
     }
 
 
 def fresh_window() -> dict:
     return {"loss": 0.0, "correct": 0.0, "count": 0.0, "tokens": 0.0, "time": 0.0}
+
+
+# A CPU run of at least this many steps compiles by default: on the reduced ListOps config,
+# compiled steps took 0.71x the eager time after about 50 s of compilation (docs/perf.md), which
+# a run repays after about 1,000 steps.
+COMPILE_MIN_STEPS = 1000
+
+
+def wants_compile(choice: Optional[bool], device: torch.device, total_steps: int) -> bool:
+    """train.compile: true or false as given; null chooses (see COMPILE_MIN_STEPS)."""
+    if choice is not None:
+        return choice
+    return device.type == "cpu" and total_steps >= COMPILE_MIN_STEPS
+
+
+def compile_model(net: torch.nn.Module, fullgraph: bool) -> torch.nn.Module:
+    """torch.compile with dynamic shapes (batches differ in length; one graph serves them all).
+    Inductor leaves complex ops to ATen and says so once per op; that, and torch's note that no
+    CUDA runtime is found on a CPU-only machine, are silenced. Graphs of models compiled before in
+    this process (the ablation trains many in one) are dropped first: each would count against
+    dynamo's limit of recompilations per function, which fullgraph turns into an error."""
+    import logging
+
+    torch._dynamo.reset()
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not support code generation for complex operators.*")
+    return torch.compile(net, dynamic=True, fullgraph=fullgraph)
+
+
+class CompileClock:
+    """Seconds spent in torch.compile (graphs compiled by dynamo and backward graphs compiled
+    lazily alike), from its compile start and end callbacks; close() unregisters them."""
+
+    def __init__(self):
+        from torch._dynamo.callback import callback_handler
+
+        self.seconds, self._start, self._handler = 0.0, None, callback_handler
+        callback_handler.register_start_callback(self._on_start)
+        callback_handler.register_end_callback(self._on_end)
+
+    def _on_start(self, args) -> None:
+        self._start = time.perf_counter()
+
+    def _on_end(self, args) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def close(self) -> None:
+        self._handler.remove_start_callback(self._on_start)
+        self._handler.remove_end_callback(self._on_end)
 
 
 def set_up(config, out_dir, data_dir, device, max_steps, cache_dir) -> Run:
@@ -291,6 +350,8 @@ def set_up(config, out_dir, data_dir, device, max_steps, cache_dir) -> Run:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    compiled = wants_compile(tc["compile"], device, total)
+    train_net = compile_model(net, fullgraph=size == 1) if compiled else net
     return Run(
         config=config,
         out=out,
@@ -309,6 +370,8 @@ def set_up(config, out_dir, data_dir, device, max_steps, cache_dir) -> Run:
         amp_dtype=torch.bfloat16 if tc["amp"] == "bf16" and device.type == "cuda" else None,
         model=model,
         net=net,
+        train_net=train_net,
+        compiled=compiled,
         optimizer=optimizer,
         schedule=schedule,
     )
@@ -334,6 +397,15 @@ def _differences(saved, current, prefix="") -> list:
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
             out.append(f"{prefix}{key}: {json.dumps(a)} in the checkpoint, {json.dumps(b)} now")
+    return out
+
+
+def resumable(config: dict) -> dict:
+    """The config entries a resumed run must share with its checkpoint: all but the notes on
+    sources and train.compile (compiling changes rounding, not the run)."""
+    out = {k: v for k, v in config.items() if k != "_sources"}
+    if isinstance(out.get("train"), dict):
+        out["train"] = {k: v for k, v in out["train"].items() if k != "compile"}
     return out
 
 
@@ -402,10 +474,7 @@ class Checkpoints:
         missing = [k for k in self.KEYS if not (isinstance(ckpt, dict) and k in ckpt)]
         if missing:
             raise CheckpointError(f"{self.last}: not a training checkpoint of this version (no {', '.join(missing)})")
-        changed = _differences(
-            {k: v for k, v in ckpt["config"].items() if k != "_sources"} | ckpt["identity"],
-            {k: v for k, v in run.config.items() if k != "_sources"} | run.identity,
-        )
+        changed = _differences(resumable(ckpt["config"]) | ckpt["identity"], resumable(run.config) | run.identity)
         if changed:
             raise RunError(
                 f"--resume: {self.last} was made with other settings, which exact resumption needs unchanged: "
@@ -450,7 +519,7 @@ def train_step(run: Run, batch) -> tuple:
     model, grad_clip = run.model, run.config["optim"]["grad_clip"]
     buffers = list(model.buffers())
     saved = [b.clone() for b in buffers]
-    logits = forward(run.net, batch, run.device, run.amp_dtype)
+    logits = forward(run.train_net, batch, run.device, run.amp_dtype)
     y = batch["y"].to(run.device)
     loss = F.cross_entropy(logits, y)
     run.optimizer.zero_grad(set_to_none=True)
@@ -532,53 +601,60 @@ def train(
             f"{config['task']}: {len(train_split)} train / {len(run.splits['val'])} val / "
             f"{len(run.splits['test'])} test rows, {params / 1e6:.2f}M parameters, {run.total} steps "
             f"({run.steps_per_epoch} per epoch), batch {tc['batch_size']} x {run.size}, {run.device}"
-            f"{', bf16 autocast' if run.amp_dtype else ''}"
+            f"{', bf16 autocast' if run.amp_dtype else ''}{', compiled' if run.compiled else ''}"
         )
 
     run.net.train()
     lengths = train_split.lengths()
-    while progress["step"] < run.total:
-        epoch_batches = lra_data.batches(lengths, tc["batch_size"], tc["seed"], progress["epoch"])
-        mine = epoch_batches[run.rank :: run.size][: run.steps_per_epoch]
-        if len(mine) < run.steps_per_epoch:  # set_up made sure of it; an epoch loop never spins empty
-            raise RunError(f"epoch {progress['epoch']} has {len(mine)} batches, expected {run.steps_per_epoch}")
-        while progress["position"] < len(mine) and progress["step"] < run.total:
-            t0 = time.perf_counter()
-            batch = lra_data.collate(train_split, mine[progress["position"]])
-            loss, correct, applied = train_step(run, batch)
-            dt = time.perf_counter() - t0
-            progress["step"] += 1
-            progress["position"] += 1
-            progress["train_time"] += dt
-            step, window = progress["step"], progress["window"]
-            if applied:
-                progress["skipped_in_a_row"] = 0
-                window["loss"] += loss * len(batch["y"])
-                window["correct"] += correct
-                window["count"] += len(batch["y"])
-            else:
-                progress["skipped_steps"] += 1
-                progress["skipped_in_a_row"] += 1
-                if run.rank == 0:
-                    log(f"  step {step}: the loss ({loss}) or the gradient is not finite; step skipped")
-                if progress["skipped_in_a_row"] >= tc["max_skipped_steps"]:
-                    raise NonFiniteLoss(
-                        f"loss or gradient not finite in {progress['skipped_in_a_row']} steps in a row (the last "
-                        f"at step {step}, loss {loss}): stopping; the last good checkpoint is {checkpoints.kept()}"
-                    )
-            window["tokens"] += batch["mask"].sum().item()
-            window["time"] += dt
-            if step % tc["log_every"] == 0 or step == run.total:
-                log_window(run, progress, metrics, log)
-            if step % run.eval_every == 0 or step == run.total:
-                evaluate_and_save(run, progress, metrics, checkpoints, log)
-            if stop_after is not None and step >= stop_after:
-                if step % run.eval_every != 0:
-                    checkpoints.save_last(progress)
-                return {"stopped_at": step}
-        progress["epoch"] += 1
-        progress["position"] = 0
-    return finish(run, progress, metrics, checkpoints, log)
+    clock = CompileClock() if run.compiled else None
+    try:
+        while progress["step"] < run.total:
+            epoch_batches = lra_data.batches(lengths, tc["batch_size"], tc["seed"], progress["epoch"])
+            mine = epoch_batches[run.rank :: run.size][: run.steps_per_epoch]
+            if len(mine) < run.steps_per_epoch:  # set_up made sure of it; an epoch loop never spins empty
+                raise RunError(f"epoch {progress['epoch']} has {len(mine)} batches, expected {run.steps_per_epoch}")
+            while progress["position"] < len(mine) and progress["step"] < run.total:
+                t0, compiling0 = time.perf_counter(), clock.seconds if clock else 0.0
+                batch = lra_data.collate(train_split, mine[progress["position"]])
+                loss, correct, applied = train_step(run, batch)
+                compiling = (clock.seconds if clock else 0.0) - compiling0
+                dt = time.perf_counter() - t0 - compiling
+                progress["step"] += 1
+                progress["position"] += 1
+                progress["train_time"] += dt
+                progress["compile_time"] += compiling
+                step, window = progress["step"], progress["window"]
+                if applied:
+                    progress["skipped_in_a_row"] = 0
+                    window["loss"] += loss * len(batch["y"])
+                    window["correct"] += correct
+                    window["count"] += len(batch["y"])
+                else:
+                    progress["skipped_steps"] += 1
+                    progress["skipped_in_a_row"] += 1
+                    if run.rank == 0:
+                        log(f"  step {step}: the loss ({loss}) or the gradient is not finite; step skipped")
+                    if progress["skipped_in_a_row"] >= tc["max_skipped_steps"]:
+                        raise NonFiniteLoss(
+                            f"loss or gradient not finite in {progress['skipped_in_a_row']} steps in a row (the last "
+                            f"at step {step}, loss {loss}): stopping; the last good checkpoint is {checkpoints.kept()}"
+                        )
+                window["tokens"] += batch["mask"].sum().item()
+                window["time"] += dt
+                if step % tc["log_every"] == 0 or step == run.total:
+                    log_window(run, progress, metrics, log)
+                if step % run.eval_every == 0 or step == run.total:
+                    evaluate_and_save(run, progress, metrics, checkpoints, log)
+                if stop_after is not None and step >= stop_after:
+                    if step % run.eval_every != 0:
+                        checkpoints.save_last(progress)
+                    return {"stopped_at": step}
+            progress["epoch"] += 1
+            progress["position"] = 0
+        return finish(run, progress, metrics, checkpoints, log)
+    finally:
+        if clock is not None:
+            clock.close()
 
 
 def log_window(run: Run, progress: dict, metrics: Metrics, log) -> None:
@@ -652,6 +728,8 @@ def finish(run: Run, progress: dict, metrics: Metrics, checkpoints: Checkpoints,
         "majority_test": majority_rate(run.splits["test"]),
         "skipped_steps": progress["skipped_steps"],
         "train_time_s": progress["train_time"],
+        "compiled": run.compiled,
+        "compile_time_s": progress["compile_time"],
         "device": str(run.device),
         "world_size": run.size,
         "config": run.config,
