@@ -18,13 +18,14 @@ if [[ ! -f $venv/.complete ]]; then
   touch "$venv/.complete"
 fi
 
-# The built library is current when it is newer than every source, build file and the environment.
+# The built library is current when it is newer than every source it is built from (csrc/ops,
+# csrc/include, cuda), the build files and the environment.
 extension_is_current() {
   local lib
   lib=$(compgen -G "$repo/python/torch_lru/_C*.so" | head -n 1) || return 1
   [[ -n $lib ]] || return 1
-  [[ -z $(find "$repo/csrc" "$repo/cuda" "$repo/setup.py" "$repo/pyproject.toml" "$repo/CMakeLists.txt" \
-    "$venv/.complete" -newer "$lib" -print -quit) ]]
+  [[ -z $(find "$repo/csrc/ops" "$repo/csrc/include" "$repo/cuda" "$repo/setup.py" "$repo/pyproject.toml" \
+    "$repo/CMakeLists.txt" "$venv/.complete" -newer "$lib" -print -quit) ]]
 }
 
 if [[ ${TORCH_LRU_SKIP_BUILD:-0} != 1 ]] && ! extension_is_current; then
