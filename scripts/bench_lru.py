@@ -2,7 +2,10 @@
 with the recurrence computed the way plain PyTorch ports do it (complex matrices and a Python loop
 over time: torch_lru.reference.lru_loop). Same parameters, same inputs, timed side by side.
 
-Throughput is tokens (batch x length) per second of one forward+backward pass. Peak memory is the
+Throughput is tokens (batch x length) per second of one forward+backward pass. The layer is also
+timed against its floor, the work it cannot avoid, timed beside it in the same process: its two
+GEMMs forward (B u and Re(C x)) and their four backward GEMMs, plus the scan's forward and its
+backward (grad_x and grad_lam); "of floor" is the layer's time over the floor's. Peak memory is the
 extra memory one forward+backward needs beyond the model and inputs: on CUDA the allocator's peak
 (torch.cuda.max_memory_allocated); on the CPU the growth of the process's peak resident size, each
 measurement in a fresh process so that one does not hide another.
@@ -88,6 +91,50 @@ def time_it(fn, device, min_time, max_reps):
     return sorted(times)[len(times) // 2]
 
 
+def floor_fn(B, L, H, N, device):
+    """The layer's unavoidable work, on tensors prepared once (outputs allocated as the layer's are)."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(B * L, H, generator=g).to(device)
+    w_in = torch.randn(2 * N, H, generator=g).to(device) / H**0.5
+    w_out = torch.randn(H, 2 * N, generator=g).to(device) / N**0.5
+    lam = torch.polar(0.9 + 0.09 * torch.rand(N, generator=g), torch.rand(N, generator=g)).to(device)
+    grad_y = torch.randn(B * L, H, generator=g).to(device)
+    backward = torch.ops.torch_lru.scan_backward
+
+    def run():
+        x = torch.view_as_complex((u @ w_in.T).view(B, L, N, 2))
+        h = torch_lru.scan(lam, x)
+        h_real = torch.view_as_real(h).view(B * L, 2 * N)
+        h_real @ w_out.T  # y
+        grad_h = torch.view_as_complex((grad_y @ w_out).view(B, L, N, 2))
+        grad_y.T @ h_real  # grad of w_out
+        grad_lam, grad_x, _ = backward(grad_h, lam, h, None, False, [True, True, False])
+        grad_x_real = torch.view_as_real(grad_x).view(B * L, 2 * N)
+        grad_x_real @ w_in  # grad of u
+        grad_x_real.T @ u  # grad of w_in
+
+    return run
+
+
+def measure_floor(device, quick):
+    """The layer's forward+backward (its input needing a gradient, as inside a model; a given
+    output gradient, no loss) against floor_fn, alternated."""
+    kind, B, L, H, N = SIZES["quick" if quick else device]["layer"]
+    module, (u,) = build(kind, B, L, H, N, "torch_lru", device)
+    u.requires_grad_(True)
+    grad_y = torch.randn(B, L, H, device=device)
+
+    def layer():
+        torch.autograd.backward(module(u), grad_y)
+
+    floor = floor_fn(B, L, H, N, device)
+    layer_s, floor_s = [], []
+    for _ in range(3):  # alternated, so that both see the same machine
+        layer_s.append(time_it(layer, device, min_time=0.5, max_reps=10))
+        floor_s.append(time_it(floor, device, min_time=0.5, max_reps=10))
+    return {"shape": f"B={B} L={L} H={H} N={N}", "layer_s": min(layer_s), "floor_s": min(floor_s)}
+
+
 def measure(name, impl, device, quick):
     """One row: seconds per forward+backward and peak extra memory (bytes)."""
     kind, B, L, H, N = SIZES["quick" if quick else device][name]
@@ -127,7 +174,10 @@ def main():
     args = ap.parse_args()
     if args.one:
         name, impl = args.one.split(":")
-        print(json.dumps(measure(name, impl, args.device, args.quick)))
+        row = (
+            measure_floor(args.device, args.quick) if name == "floor" else measure(name, impl, args.device, args.quick)
+        )
+        print(json.dumps(row))
         return
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_lru.py: --device cuda needs a CUDA GPU")
@@ -144,6 +194,14 @@ def main():
             else:
                 rows.append(measure(name, impl, args.device, args.quick))
 
+    print("measuring the layer against its floor ...", file=sys.stderr, flush=True)
+    if args.device == "cpu":
+        cmd = [sys.executable, __file__, "--device", "cpu", "--one", "floor:-"] + (["--quick"] if args.quick else [])
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        floor = json.loads(done.stdout.strip().splitlines()[-1])
+    else:
+        floor = measure_floor(args.device, args.quick)
+
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"LRU forward+backward, float32, {device_name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'module':<7} {'shape':<32} {'impl':<10} {'ms':>9} {'tokens/s':>11} {'peak MiB':>9} {'speed-up':>9}")
@@ -155,9 +213,14 @@ def main():
             f"{row['tokens_per_s']:>11.0f} {row['peak_bytes'] / 2**20:>9.1f} {label:>9}"
         )
     print("speed-up: torch_lru's throughput over the loop's, same module and input")
+    layer_ms, floor_ms = floor["layer_s"] * 1e3, floor["floor_s"] * 1e3
+    print(
+        f"LRU layer {floor['shape']}: forward+backward {layer_ms:.1f} ms, floor (2 GEMMs + their backward + scan + "
+        f"scan backward) {floor_ms:.1f} ms: {layer_ms / floor_ms:.2f}x of floor"
+    )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device_name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"device": device_name, "torch": torch.__version__, "rows": rows, "floor": floor}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ with random content (throughput does not depend on the data; accuracy runs use t
 
     scripts/python scripts/bench_train.py [--device cpu|cuda] [--steps 20] [--tasks listops,image] [--json PATH]
         [--quick]   (small models and lengths: a smoke run)
+        [--compile] (also the step under torch.compile as train.compile runs it, timed after its
+                     compilation, which is reported apart; speed-up = eager time / compiled time)
 """
 
 import argparse
@@ -32,7 +34,7 @@ def synthetic_batch(task, info, batch, length, device):
     return out
 
 
-def bench(task, device, steps, quick):
+def bench(task, device, steps, quick, compiled=False):
     config = training.load_config(task)
     info = training.tasks.task_info(task)
     batch, length = config["train"]["batch_size"], LENGTHS[task]
@@ -46,8 +48,11 @@ def bench(task, device, steps, quick):
     data = synthetic_batch(task, info, batch, length, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
+    net = training.compile_model(model, fullgraph=True) if compiled else model
+    clock = training.CompileClock() if compiled else None
+
     def step():
-        logits = training.forward(model, data, torch.device(device), amp)
+        logits = training.forward(net, data, torch.device(device), amp)
         loss = F.cross_entropy(logits, data["y"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -55,7 +60,11 @@ def bench(task, device, steps, quick):
         optimizer.step()
 
     step()
+    step()  # a second shape-identical step: nothing is left to compile after it
     sync()
+    compile_s = clock.seconds if clock else 0.0
+    if clock:
+        clock.close()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -73,6 +82,8 @@ def bench(task, device, steps, quick):
         "tokens_per_s": tokens / seconds,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan"),
         "amp": "bf16" if amp else "fp32",
+        "compiled": compiled,
+        "compile_s": compile_s,
     }
 
 
@@ -82,6 +93,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--tasks", default=",".join(LENGTHS))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time the compiled step (see above)")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -89,17 +101,24 @@ def main():
     rows = []
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"training step per LRA config, {name}, torch {torch.__version__}")
-    print(f"{'task':<11} {'batch':>5} {'length':>7} {'params':>8} {'steps/s':>8} {'tokens/s':>10} {'peak GiB':>9} amp")
+    head = f"{'task':<11} {'batch':>5} {'length':>7} {'params':>8} {'steps/s':>8} {'tokens/s':>10} {'peak GiB':>9} amp"
+    print(head + ("  compiled: steps/s speed-up compile s" if args.compile else ""))
     for task in args.tasks.split(","):
         try:
             r = bench(task, args.device, args.steps, args.quick)
+            c = bench(task, args.device, args.steps, args.quick, compiled=True) if args.compile else None
         except torch.OutOfMemoryError:
             print(f"{task:<11} out of memory at the config's batch size")
             continue
-        rows.append(r)
+        rows.append(r if c is None else dict(r, compiled_run=c))
+        extra = (
+            f"  {c['steps_per_s']:>17.2f} {c['steps_per_s'] / r['steps_per_s']:>7.2f}x {c['compile_s']:>9.1f}"
+            if c
+            else ""
+        )
         print(
             f"{task:<11} {r['batch']:>5} {r['length']:>7} {r['parameters'] / 1e6:>7.2f}M {r['steps_per_s']:>8.2f} "
-            f"{r['tokens_per_s']:>10.0f} {r['peak_gib']:>9.2f} {r['amp']}",
+            f"{r['tokens_per_s']:>10.0f} {r['peak_gib']:>9.2f} {r['amp']}{extra}",
             flush=True,
         )
     if args.json:
