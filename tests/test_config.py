@@ -73,6 +73,7 @@ def test_overrides_are_parsed_as_their_types():
         ("model.r_min=0.999", "model.r_min (0.999) must not exceed model.r_max (0.99)"),
         ("model.d_model=null", "model.d_model must be an integer, got null"),
         ("train.amp=fp16", 'train.amp must be one of bf16, got "fp16"'),
+        ("train.compile=maybe", "train.compile must be true or false, got 'maybe'"),
         ("train.batch_size", "override 'train.batch_size' is not key=value"),
         ("batch_size=8", "the key must be section.key"),
         ("task=text", "choose the task with --task or --config"),
