@@ -13,6 +13,7 @@ import torch
 
 from torch_lru import train as training
 from torch_lru.checkpoint import CheckpointError, load_checkpoint
+from torch_lru.layers import COMPILE_BLOCKERS as LAYER_BLOCKERS
 from torch_lru.lra import listops
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,12 +292,45 @@ def test_every_packaged_config_compiles_without_a_graph_break(name):
             torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-def test_compile_defaults_to_long_cpu_runs():
+def test_compile_defaults_to_long_cpu_runs_of_layers_that_compile():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert training.wants_compile(None, cpu, training.COMPILE_MIN_STEPS)
     assert not training.wants_compile(None, cpu, training.COMPILE_MIN_STEPS - 1)
     assert not training.wants_compile(None, cuda, 10**6)  # not measured on a GPU yet
     assert training.wants_compile(True, cpu, 1) and not training.wants_compile(False, cpu, 10**6)
+    blocked = [name for name, why in LAYER_BLOCKERS.items() if why]
+    assert blocked == ["tanh_rnn", "linear_dense"]
+    for name in blocked:
+        assert not training.wants_compile(None, cpu, 10**6, name)
+        assert not training.wants_compile(False, cpu, 10**6, name)
+        with pytest.raises(training.RunError, match=f"model.layer={name} does not compile without graph breaks"):
+            training.wants_compile(True, cpu, 1, name)
+
+
+@pytest.mark.parametrize("layer", [name for name, why in LAYER_BLOCKERS.items() if not why])
+def test_every_layer_that_compiles_does_so_once_for_all_lengths(layer):
+    """fullgraph with dynamic shapes over ten lengths, masked, bidirectional: one graph (dynamo's
+    limit of 8 recompilations would fail it otherwise), the same outputs and gradients as eager."""
+    import warnings
+
+    config = training.load_config("listops_small")
+    config["model"].update(d_model=8, d_state=4, n_layers=1, layer=layer)
+    info = training.tasks.task_info("listops")
+    torch.manual_seed(0)
+    model = training.build_model(config, info)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    for L in (16, 23, 40, 64, 77, 100, 130, 150, 170, 200):
+        batch = synthetic_batch(info, L=L, seed=L)
+        want = model(**batch)
+        grads = torch.autograd.grad(want.sum(), list(model.parameters()))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*complex.*")
+            got = compiled(**batch)
+            got_grads = torch.autograd.grad(got.sum(), list(model.parameters()))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(got_grads, grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_a_compiled_run_agrees_with_an_eager_one_and_resumes_either_way(tmp_path, listops_dir):

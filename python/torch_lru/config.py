@@ -109,7 +109,8 @@ TRAIN = {
     "max_skipped_steps": Field(int, at_least(1), default=10),
     # torch.compile of the training step's model (dynamic shapes; fullgraph on one process). null:
     # on for a CPU run of at least COMPILE_MIN_STEPS steps, where it was measured to pay for its
-    # compilation (torch_lru.train.wants_compile); off on a GPU until measured there.
+    # compilation, if the layer compiles without graph breaks (torch_lru.train.wants_compile); off
+    # on a GPU until measured there.
     "compile": Field(bool, nullable=True, default=None),
 }
 SCHEMA = {"data": DATA, "model": MODEL, "optim": OPTIM, "train": TRAIN}

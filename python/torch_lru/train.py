@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, save_state_dict
 from .config import CONFIG_DIR, ConfigError, load_config  # noqa: F401  (part of this module's API)
+from .layers import COMPILE_BLOCKERS
 from .lra import data as lra_data
 from .lra import tasks
 from .modules import LRUModel
@@ -260,11 +261,19 @@ def fresh_window() -> dict:
 COMPILE_MIN_STEPS = 1000
 
 
-def wants_compile(choice: Optional[bool], device: torch.device, total_steps: int) -> bool:
-    """train.compile: true or false as given; null chooses (see COMPILE_MIN_STEPS)."""
+def wants_compile(choice: Optional[bool], device: torch.device, total_steps: int, layer: str = "lru") -> bool:
+    """train.compile: true or false as given; null chooses (see COMPILE_MIN_STEPS). A layer that
+    does not compile without graph breaks (torch_lru.layers.COMPILE_BLOCKERS) runs eagerly under
+    null, and true is refused for it."""
+    blocker = COMPILE_BLOCKERS[layer]
+    if choice and blocker:
+        raise RunError(
+            f"train.compile=true, but model.layer={layer} does not compile without graph breaks ({blocker}); "
+            "set train.compile=false or leave it null"
+        )
     if choice is not None:
         return choice
-    return device.type == "cpu" and total_steps >= COMPILE_MIN_STEPS
+    return device.type == "cpu" and total_steps >= COMPILE_MIN_STEPS and blocker is None
 
 
 def compile_model(net: torch.nn.Module, fullgraph: bool) -> torch.nn.Module:
@@ -350,7 +359,7 @@ def set_up(config, out_dir, data_dir, device, max_steps, cache_dir) -> Run:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    compiled = wants_compile(tc["compile"], device, total)
+    compiled = wants_compile(tc["compile"], device, total, config["model"]["layer"])
     train_net = compile_model(net, fullgraph=size == 1) if compiled else net
     return Run(
         config=config,

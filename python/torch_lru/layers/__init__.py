@@ -37,6 +37,9 @@ CLASSES = {
     "s5": S5,
     "s4d": S4D,
 }
+# What keeps a layer from torch.compile without graph breaks (None: nothing; the layer compiles
+# with fullgraph and dynamic shapes, tests/test_train.py checks it).
+COMPILE_BLOCKERS = {name: getattr(cls, "compile_blocker", None) for name, cls in CLASSES.items()}
 # The layers that read the LRU's ring (r_min, r_max, max_phase); the others start elsewhere.
 RING_LAYERS = ("diag_complex", "diag_exp", "lru")
 
@@ -74,6 +77,7 @@ def make_layer(options: LayerOptions) -> torch.nn.Module:
 
 __all__ = [
     "CLASSES",
+    "COMPILE_BLOCKERS",
     "LAYERS",
     "LRU",
     "S4D",

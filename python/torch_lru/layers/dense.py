@@ -20,6 +20,7 @@ class TanhRNN(nn.Module):
     Masks must be padding at the end of each row (a valid prefix): rows are packed to their lengths."""
 
     recurrence_parameters = ()
+    compile_blocker = "dynamo does not trace torch.nn.RNN modules"  # what keeps torch.compile off it
 
     def __init__(self, d_model: int, d_state: int, bidirectional: bool = False):
         super().__init__()
@@ -38,6 +39,7 @@ class LinearDense(nn.Module):
     """A dense linear RNN: A Glorot-normal (the paper's dense linear RNN), B ~ N(0, 1/H), C ~ N(0, 1/N)."""
 
     recurrence_parameters = ()
+    compile_blocker = "its recurrence loops over L inside a composite op, which specialises on every length"
 
     def __init__(self, d_model: int, d_state: int, bidirectional: bool = False):
         super().__init__()

@@ -54,10 +54,12 @@ class DiagonalLayer(nn.Module):
         super().__init__()
         self.d_model, self.d_state, self.bidirectional = d_model, d_state, bidirectional
         register_drawn(self, self.kind, d_model, d_state, r_min, r_max, max_phase, bidirectional)
+        # Asked once: an op that returns strings, called in forward, would break torch.compile's graph.
+        self._direction_names = tuple(torch.ops.torch_lru.diagonal_direction_names(self.kind))
 
     def _direction(self, reverse: bool) -> list:
         suffix = "_rev" if reverse else ""
-        return [getattr(self, name + suffix) for name in torch.ops.torch_lru.diagonal_direction_names(self.kind)]
+        return [getattr(self, name + suffix) for name in self._direction_names]
 
     def discretised(self, reverse: bool = False):
         """(lambda (N,) complex, B_re (N, H), B_im (N, H)) of one direction."""
