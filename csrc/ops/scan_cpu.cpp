@@ -39,36 +39,38 @@ Isa best_isa() {
   return isa;
 }
 
-template <typename T>
-auto forward_kernel(bool per_step) {
+// The entry of the build best_isa() names, among the same kernel compiled for each build.
+template <typename Kernel>
+Kernel of_best_isa(Kernel avx512, Kernel avx2, Kernel baseline) {
   switch (best_isa()) {
     case Isa::avx512:
-      return per_step ? &cpu::avx512::scan_forward_kernel<T, true> : &cpu::avx512::scan_forward_kernel<T, false>;
+      return avx512;
     case Isa::avx2:
-      return per_step ? &cpu::avx2::scan_forward_kernel<T, true> : &cpu::avx2::scan_forward_kernel<T, false>;
+      return avx2;
     default:
-      return per_step ? &cpu::baseline::scan_forward_kernel<T, true> : &cpu::baseline::scan_forward_kernel<T, false>;
+      return baseline;
   }
 }
 
-template <typename T>
-auto backward_kernel(bool per_step) {
-  switch (best_isa()) {
-    case Isa::avx512:
-      return per_step ? &cpu::avx512::scan_backward_kernel<T, true> : &cpu::avx512::scan_backward_kernel<T, false>;
-    case Isa::avx2:
-      return per_step ? &cpu::avx2::scan_backward_kernel<T, true> : &cpu::avx2::scan_backward_kernel<T, false>;
-    default:
-      return per_step ? &cpu::baseline::scan_backward_kernel<T, true> : &cpu::baseline::scan_backward_kernel<T, false>;
-  }
+template <typename T, bool kPerStep>
+auto forward_kernel() {
+  return of_best_isa(&cpu::avx512::scan_forward_kernel<T, kPerStep>, &cpu::avx2::scan_forward_kernel<T, kPerStep>,
+                     &cpu::baseline::scan_forward_kernel<T, kPerStep>);
+}
+
+template <typename T, bool kPerStep>
+auto backward_kernel() {
+  return of_best_isa(&cpu::avx512::scan_backward_kernel<T, kPerStep>, &cpu::avx2::scan_backward_kernel<T, kPerStep>,
+                     &cpu::baseline::scan_backward_kernel<T, kPerStep>);
 }
 
 void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {
   if (h.numel() == 0) return;
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(f.x.scalar_type(), "torch_lru::scan", [&] {
     const scalar_t* h0_ptr = f.h0.defined() ? f.h0.const_data_ptr<scalar_t>() : nullptr;
-    forward_kernel<scalar_t>(f.per_step)(f.lam.const_data_ptr<scalar_t>(), f.x.const_data_ptr<scalar_t>(), h0_ptr,
-                                         h.mutable_data_ptr<scalar_t>(), f.B, f.L, f.N, reverse);
+    (f.per_step ? forward_kernel<scalar_t, true>() : forward_kernel<scalar_t, false>())(
+        f.lam.const_data_ptr<scalar_t>(), f.x.const_data_ptr<scalar_t>(), h0_ptr, h.mutable_data_ptr<scalar_t>(), f.B,
+        f.L, f.N, reverse);
   });
 }
 
@@ -81,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_backward_cpu(const at::Tenso
   if (out.done) return out.result();
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(h.scalar_type(), "torch_lru::scan_backward", [&] {
     auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
-    backward_kernel<scalar_t>(b.per_step)(
+    (b.per_step ? backward_kernel<scalar_t, true>() : backward_kernel<scalar_t, false>())(
         b.grad_h.const_data_ptr<scalar_t>(), b.lam.const_data_ptr<scalar_t>(), b.h.const_data_ptr<scalar_t>(),
         b.h0.defined() ? b.h0.const_data_ptr<scalar_t>() : nullptr, out.grad_x.mutable_data_ptr<scalar_t>(),
         ptr(out.grad_lam), ptr(out.grad_h0), b.B, b.L, b.N, reverse);
