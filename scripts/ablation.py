@@ -6,7 +6,8 @@ torch_lru.layers in the same block, on the same data, with the same budget, over
         [--listops-dir data/listops_small] [--fmnist-dir /usr/share/datasets/fashion-mnist] [--set key=value ...]
 
 Each run is torch_lru.train on the task's reduced config (fmnist: a 2-layer model of width 32;
-listops: listops_small), with model.layer set; the schedule spans the task's --steps (one number
+listops: listops_small), with model.layer set (and for "hawk", Hawk's block: the rglru layer in
+HawkBlock with RMSNorm); the schedule spans the task's --steps (one number
 for every task, or task=steps pairs). Sequential Fashion-MNIST is validated on 1000 and tested on
 5000 fixed rows (data.val_rows, data.test_rows) to bound evaluation on a small machine. Writes OUT/results.json,
 OUT/table.md (mean +- std of test accuracy at the best validation checkpoint, per layer and task)
@@ -24,6 +25,9 @@ from torch_lru.layers import LAYERS
 
 WALK = ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "lru")  # the paper's order
 BASELINES = ("s4d", "s5")
+SUCCESSORS = ("rglru", "hawk")  # Griffin's gated recurrence, in the LRU's block and in Hawk's
+# Rows that are more than a layer choice: their overrides.
+VARIANTS = {"hawk": ["model.layer=rglru", "model.block=hawk", "model.norm=rms"]}
 # The reduced model of each task: one budget for every layer.
 REDUCED = {
     "fmnist": (
@@ -47,7 +51,10 @@ def run_one(task, layer, seed, args):
     steps = args.steps[task]
     config = training.load_config(
         name,
-        overrides + [f"model.layer={layer}", f"train.seed={seed}", f"train.eval_every={max(steps // 5, 1)}"] + args.set,
+        overrides
+        + VARIANTS.get(layer, [f"model.layer={layer}"])
+        + [f"train.seed={seed}", f"train.eval_every={max(steps // 5, 1)}"]
+        + args.set,
     )
     data_dir = args.fmnist_dir if task == "fmnist" else args.listops_dir
     print(f"== {task} / {layer} / seed {seed}", flush=True)
@@ -108,6 +115,9 @@ def plot(results, tasks, layers, path):
         for name, style in zip(BASELINES, ("--", ":")):
             if name in results[task]:
                 ax.axhline(results[task][name]["mean"], linestyle=style, color="grey", label=name.upper())
+        for name, style in zip(SUCCESSORS, ("--", ":")):
+            if name in results[task]:
+                ax.axhline(results[task][name]["mean"], linestyle=style, color="tab:green", label=name)
         ax.set_xticks(range(len(walk)), walk, rotation=20)
         ax.set_ylabel("test accuracy")
         ax.set_title(task)
@@ -123,7 +133,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--tasks", default="fmnist,listops")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--layers", default=",".join((*LAYERS, *VARIANTS)), help="layer names, and 'hawk'")
     ap.add_argument("--steps", default="fmnist=500,listops=1200")
     ap.add_argument("--device", default=None)
     ap.add_argument("--listops-dir", default="data/listops_small")

@@ -9,7 +9,7 @@
 #      first four minutes), then the peers (bench_peers: JAX's and torch's associative scans, FFT);
 #   5. compute-sanitizer memcheck and racecheck on the scan kernels only (not cuBLAS);
 #   6. the rest: every CUDA test but the slow CPU-style ones, ctest (GoogleTest from an installed
-#      package or a source tree in $GTEST_SRC, default .carry/googletest), bench_lru, bench_train,
+#      package or a source tree in $GTEST_SRC, default .carry/googletest), bench_lru, bench_rglru, bench_train,
 #      bench_train --compile (train.compile on the GPU).
 # Every step runs under `timeout -k` and within the whole check's budget ($GPU_CHECK_BUDGET_S,
 # default 450 s): a step is cut to what is left, and skipped (and reported) with under 15 s left.
@@ -129,6 +129,8 @@ else
   echo "cmake-ctest      not run: no GoogleTest (install libgtest-dev or set GTEST_SRC)" | tee -a "$summary"
 fi
 step bench-lru 120 "$py" scripts/bench_lru.py --device cuda --json "$out/bench_lru_cuda.json"
+# The RG-LRU layer against the LRU layer and against its Python loop over time.
+step bench-rglru 90 "$py" scripts/bench_rglru.py --device cuda --json "$out/bench_rglru_cuda.json"
 step bench-train 120 "$py" scripts/bench_train.py --device cuda --steps 10 --json "$out/bench_train_cuda.json"
 # train.compile on the GPU: eager against compiled steps, compile time apart (it is off by default
 # on CUDA until this has been measured).

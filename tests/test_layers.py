@@ -161,7 +161,7 @@ def test_block_and_model_take_a_layer_name():
     block = torch_lru.LRUBlock(torch_lru.modules.BlockOptions(LayerOptions(8, 4, "s5")))
     assert hasattr(block, "rnn") and not hasattr(block, "lru")
     assert block(torch.randn(2, 5, 8)).shape == (2, 5, 8)
-    with pytest.raises(ValueError, match="only the LRU steps token by token"):
+    with pytest.raises(ValueError, match="the layers that step token by token are lru, rglru"):
         block.eval().step(torch.randn(2, 8))
     with pytest.raises(ValueError, match="unknown recurrent layer 'gru'; the layers are tanh_rnn, linear_dense"):
         torch_lru.LRUModel(2, layer="gru")

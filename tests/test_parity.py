@@ -38,10 +38,21 @@ CONFIGS = {
     "dual": dict(d_output=2, d_model=8, d_state=4, n_layers=1, vocab_size=9, dual=True),
 }
 # Every ablation layer, both directions (the *_rev parameters), through the same block and model.
-for _layer in ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "s5", "s4d"):
+for _layer in ("tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "s5", "s4d", "rglru"):
     CONFIGS[f"layer_{_layer}"] = dict(
         d_output=3, d_model=8, d_state=6, n_layers=2, vocab_size=11, bidirectional=True, layer=_layer
     )
+# Griffin's RG-LRU with block-diagonal gates, one direction, in Hawk's block (RMSNorm), and in
+# Hawk's block around the LRU with post-norm BatchNorm.
+CONFIGS["rglru_blocks_unidirectional"] = dict(
+    d_output=3, d_model=8, d_state=12, n_layers=2, vocab_size=11, layer="rglru", gate_blocks=3, a_min=0.5, a_max=0.9
+)
+CONFIGS["hawk_rglru_rms"] = dict(
+    d_output=2, d_model=8, d_state=12, n_layers=2, d_input=3, layer="rglru", block="hawk", norm="rms", gate_blocks=2
+)
+CONFIGS["hawk_lru_batch_postnorm"] = dict(
+    d_output=2, d_model=8, d_state=6, n_layers=2, vocab_size=7, block="hawk", prenorm=False, bidirectional=True
+)
 
 
 def cpp(*args, **options):

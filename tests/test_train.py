@@ -13,6 +13,7 @@ import torch
 
 from torch_lru import train as training
 from torch_lru.checkpoint import CheckpointError, load_checkpoint
+from torch_lru.config import ConfigError
 from torch_lru.layers import COMPILE_BLOCKERS as LAYER_BLOCKERS
 from torch_lru.lra import listops
 
@@ -368,7 +369,7 @@ def test_the_lru_group_gets_its_own_learning_rate_and_no_weight_decay():
     assert total == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("layer", ["diag_complex", "diag_exp", "s5", "s4d"])
+@pytest.mark.parametrize("layer", ["diag_complex", "diag_exp", "s5", "s4d", "rglru"])
 def test_every_diagonal_layer_trains_its_recurrence_in_the_lru_group(layer):
     config = training.load_config("listops_small", [f"model.layer={layer}", "model.bidirectional=false"])
     model = training.build_model(config, training.tasks.task_info("listops"))
@@ -380,8 +381,25 @@ def test_every_diagonal_layer_trains_its_recurrence_in_the_lru_group(layer):
         "diag_exp": {"nu_log", "theta_log", "B_re", "B_im"},
         "s5": {"a_log", "omega", "log_step", "B_re", "B_im"},
         "s4d": {"a_log", "omega", "log_step", "B_re", "B_im"},
+        "rglru": {"Lambda", "W_a", "b_a", "W_x", "b_x"},
     }[layer]
     assert in_group == recurrence
+
+
+def test_a_hawk_model_of_rglru_blocks_trains_from_a_config(tmp_path, listops_dir):
+    config = tiny_config()
+    config["model"].update(layer="rglru", block="hawk", norm="rms", gate_blocks=2, a_min=0.8, a_max=0.99)
+    summary = run(config, tmp_path / "run", listops_dir, tmp_path, max_steps=32)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    train_loss = [float(r["loss"]) for r in rows if r["split"] == "train"]
+    assert train_loss[-1] < train_loss[0]
+    model = training.build_model(summary["config"], training.tasks.task_info("listops"))
+    assert type(model.blocks[0]).__name__ == "HawkBlock" and model.blocks[0].rnn.gate_blocks == 2
+    assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ConfigError, match="model.block must be one of lru, hawk"):
+        training.load_config("listops_small", ["model.block=griffin"])
+    with pytest.raises(ConfigError, match=r"model.a_max must be in \(0, 1\)"):
+        training.load_config("listops_small", ["model.a_max=1.0"])
 
 
 def test_train_script_reports_bad_data_clearly(tmp_path):

@@ -155,11 +155,59 @@ torch::Tensor LinearDenseImpl::forward(const torch::Tensor& u, const torch::Tens
   return y;
 }
 
+// ---- RG-LRU ----
+
+RGLRUImpl::RGLRUImpl(LRUOptions options_) : options(std::move(options_)) { reset(); }
+
+void RGLRUImpl::reset() {
+  const auto& o = options;
+  const auto names = rglru_parameter_names(o.bidirectional());
+  const auto values = rglru_init(o.d_model(), o.d_state(), o.gate_blocks(), o.a_min(), o.a_max(), o.bidirectional());
+  for (size_t i = 0; i < names.size(); ++i) register_parameter(names[i], values[i]);
+}
+
+std::vector<torch::Tensor> RGLRUImpl::params() const {
+  std::vector<torch::Tensor> out;
+  for (const auto& name : rglru_parameter_names(options.bidirectional())) out.push_back(parameters_[name]);
+  return out;
+}
+
+torch::Tensor RGLRUImpl::forward(const torch::Tensor& u, const torch::Tensor& mask) {
+  const auto m = mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt;
+  return std::get<0>(rglru_forward(u, params(), options.bidirectional(), kRGLRUc, std::nullopt, m));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> RGLRUImpl::forward_with_state(const torch::Tensor& u,
+                                                                       const torch::Tensor& state,
+                                                                       const torch::Tensor& mask) {
+  TORCH_CHECK(!options.bidirectional(),
+              "RGLRU: a bidirectional layer sees the whole sequence; it takes and returns no state");
+  auto opt = [](const torch::Tensor& t) { return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt; };
+  return rglru_forward(u, params(), false, kRGLRUc, opt(state), opt(mask));
+}
+
+std::tuple<torch::Tensor, torch::Tensor> RGLRUImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
+  TORCH_CHECK(!options.bidirectional(),
+              "RGLRU: a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  return rglru_step(u_t, params(), kRGLRUc, state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor RGLRUImpl::init_state(int64_t batch) const {
+  return torch::zeros({batch, kRGLRUConvWidth, options.d_state()}, parameters_["Lambda"].options());
+}
+
+void RGLRUImpl::pretty_print(std::ostream& stream) const {
+  stream << "torch_lru::RGLRU(d_model=" << options.d_model() << ", d_state=" << options.d_state()
+         << ", gate_blocks=" << options.gate_blocks() << ", a_min=" << options.a_min() << ", a_max=" << options.a_max()
+         << ", bidirectional=" << (options.bidirectional() ? "true" : "false") << ")";
+}
+
 torch::nn::AnyModule make_layer(const std::string& name, const LRUOptions& o) {
   check_layer(name);
   TORCH_CHECK(name != "lru", "make_layer: the LRU is torch_lru::LRU (the block holds it as \"lru\")");
   if (name == "tanh_rnn") return torch::nn::AnyModule(TanhRNN(o.d_model(), o.d_state(), o.bidirectional()));
   if (name == "linear_dense") return torch::nn::AnyModule(LinearDense(o.d_model(), o.d_state(), o.bidirectional()));
+  if (name == "rglru") return torch::nn::AnyModule(RGLRU(o));
   return torch::nn::AnyModule(DiagonalLayer(name, o));
 }
 

@@ -22,10 +22,10 @@ void check_choice(const char* what, const std::string& value, std::initializer_l
 SequenceNormImpl::SequenceNormImpl(SequenceNormOptions options_) : options(std::move(options_)) { reset(); }
 
 void SequenceNormImpl::reset() {
-  check_choice("SequenceNorm: kind", options.kind(), {"batch", "layer"});
+  check_choice("SequenceNorm: kind", options.kind(), {"batch", "layer", "rms"});
   const int64_t H = options.d_model();
   weight = register_parameter("weight", torch::ones({H}));
-  bias = register_parameter("bias", torch::zeros({H}));
+  if (options.kind() != "rms") bias = register_parameter("bias", torch::zeros({H}));
   if (options.kind() == "batch") {
     running_mean = register_buffer("running_mean", torch::zeros({H}));
     running_var = register_buffer("running_var", torch::ones({H}));
@@ -37,6 +37,7 @@ torch::Tensor SequenceNormImpl::forward(const torch::Tensor& x, const torch::Ten
   const int64_t H = options.d_model();
   TORCH_CHECK(x.dim() == 3 && x.size(-1) == H, "SequenceNorm: expected (B, L, ", H, "), got ", x.sizes());
   if (options.kind() == "layer") return torch::layer_norm(x, {H}, weight, bias, options.eps());
+  if (options.kind() == "rms") return at::rms_norm(x, {H}, weight, options.eps());
   if (is_training()) num_batches_tracked.add_(1);
   if (!mask.defined() || !is_training()) {
     auto y = torch::batch_norm(x.reshape({-1, H}), weight, bias, running_mean, running_var, is_training(),
@@ -58,6 +59,36 @@ torch::Tensor SequenceNormImpl::forward(const torch::Tensor& x, const torch::Ten
   return (xs - mean) * torch::rsqrt(var + options.eps()) * weight + bias;
 }
 
+namespace {
+
+void check_steps(const char* block, const LRUBlockOptions& o, bool training) {
+  TORCH_CHECK(o.layer() == "lru" || o.layer() == "rglru", block,
+              "::step: the layers that step token by token are lru, rglru; this block's layer is '", o.layer(), "'");
+  TORCH_CHECK(!(training && o.norm() == "batch"), block,
+              "::step: BatchNorm needs running statistics; call eval() first");
+}
+
+// The block's layer, built as the Python block builds it: the LRU as "lru", any other as "rnn".
+void register_layer(torch::nn::Module& block, const LRUBlockOptions& o, LRU& lru, torch::nn::AnyModule& rnn) {
+  if (o.layer() == "lru") {
+    lru = block.register_module("lru", LRU(o.recurrence()));
+  } else {
+    rnn = make_layer(o.layer(), o.recurrence());
+    block.register_module("rnn", rnn.ptr());
+  }
+}
+
+torch::Tensor run_layer(LRU& lru, torch::nn::AnyModule& rnn, const torch::Tensor& z, const torch::Tensor& mask) {
+  return lru ? lru(z, mask) : rnn.forward(z, mask);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> step_layer(LRU& lru, torch::nn::AnyModule& rnn, const torch::Tensor& z,
+                                                    const torch::Tensor& state) {
+  return lru ? lru->step(z, state) : rnn.get<RGLRU>()->step(z, state);
+}
+
+}  // namespace
+
 // ---- LRUBlock ----
 
 LRUBlockImpl::LRUBlockImpl(LRUBlockOptions options_) : options(std::move(options_)) { reset(); }
@@ -66,12 +97,7 @@ void LRUBlockImpl::reset() {
   const auto& o = options;
   check_layer(o.layer());
   norm = register_module("norm", SequenceNorm(SequenceNormOptions(o.d_model()).kind(o.norm())));
-  if (o.layer() == "lru") {
-    lru = register_module("lru", LRU(o.recurrence()));
-  } else {
-    rnn = make_layer(o.layer(), o.recurrence());
-    register_module("rnn", rnn.ptr());
-  }
+  register_layer(*this, o, lru, rnn);
   glu = register_module("glu", torch::nn::Linear(o.d_model(), 2 * o.d_model()));
   dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
 }
@@ -83,20 +109,64 @@ torch::Tensor LRUBlockImpl::mix(const torch::Tensor& z) {
 
 torch::Tensor LRUBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& mask) {
   auto z = options.prenorm() ? norm(x, mask) : x;
-  auto y = x + mix(options.layer() == "lru" ? lru(z, mask) : rnn.forward(z, mask));
+  auto y = x + mix(run_layer(lru, rnn, z, mask));
   return options.prenorm() ? y : norm(y, mask);
 }
 
 std::tuple<torch::Tensor, torch::Tensor> LRUBlockImpl::step(const torch::Tensor& x_t, const torch::Tensor& state) {
-  TORCH_CHECK(options.layer() == "lru", "LRUBlock::step: only the LRU steps token by token, this block's layer is '",
-              options.layer(), "'");
-  TORCH_CHECK(!(is_training() && options.norm() == "batch"),
-              "LRUBlock::step: BatchNorm needs running statistics; call eval() first");
+  check_steps("LRUBlock", options, is_training());
   auto normed = [&](const torch::Tensor& t) { return norm(t.unsqueeze(1)).squeeze(1); };
   auto z = options.prenorm() ? normed(x_t) : x_t;
-  auto [y, new_state] = lru->step(z, state);
+  auto [y, new_state] = step_layer(lru, rnn, z, state);
   auto out = x_t + mix(y);
   return {options.prenorm() ? out : normed(out), new_state};
+}
+
+// ---- HawkBlock ----
+
+HawkBlockImpl::HawkBlockImpl(LRUBlockOptions options_) : options(std::move(options_)) { reset(); }
+
+void HawkBlockImpl::reset() {
+  const auto& o = options;
+  check_layer(o.layer());
+  const int64_t H = o.d_model();
+  norm = register_module("norm", SequenceNorm(SequenceNormOptions(H).kind(o.norm())));
+  register_layer(*this, o, lru, rnn);
+  mlp_norm = register_module("mlp_norm", SequenceNorm(SequenceNormOptions(H).kind(o.norm())));
+  mlp_gate = register_module("mlp_gate", torch::nn::Linear(H, kMlpExpansion * H));
+  mlp_up = register_module("mlp_up", torch::nn::Linear(H, kMlpExpansion * H));
+  mlp_down = register_module("mlp_down", torch::nn::Linear(kMlpExpansion * H, H));
+  dropout = register_module("dropout", torch::nn::Dropout(o.dropout()));
+}
+
+torch::Tensor HawkBlockImpl::mlp(const torch::Tensor& z) {
+  return dropout(mlp_down(torch::gelu(mlp_gate(z)) * mlp_up(z)));
+}
+
+torch::Tensor HawkBlockImpl::forward(const torch::Tensor& x_in, const torch::Tensor& mask) {
+  auto x = x_in;
+  if (options.prenorm()) {
+    x = x + dropout(run_layer(lru, rnn, norm(x, mask), mask));
+    return x + mlp(mlp_norm(x, mask));
+  }
+  x = norm(x + dropout(run_layer(lru, rnn, x, mask)), mask);
+  return mlp_norm(x + mlp(x), mask);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> HawkBlockImpl::step(const torch::Tensor& x_t, const torch::Tensor& state) {
+  check_steps("HawkBlock", options, is_training());
+  auto normed = [](SequenceNorm& n, const torch::Tensor& t) { return n(t.unsqueeze(1)).squeeze(1); };
+  torch::Tensor x = x_t, new_state;
+  if (options.prenorm()) {
+    auto [y, s] = step_layer(lru, rnn, normed(norm, x), state);
+    new_state = s;
+    x = x + dropout(y);
+    return {x + mlp(normed(mlp_norm, x)), new_state};
+  }
+  auto [y, s] = step_layer(lru, rnn, x, state);
+  new_state = s;
+  x = normed(norm, x + dropout(y));
+  return {normed(mlp_norm, x + mlp(x)), new_state};
 }
 
 // ---- RetrievalHead ----
@@ -150,8 +220,13 @@ void LRUModelImpl::reset() {
     input_linear = register_module("encoder", torch::nn::Linear(o.d_input(), o.d_model()));
   }
   blocks = register_module("blocks", torch::nn::ModuleList());
+  check_choice("LRUModel: block", o.block().block(), {"lru", "hawk"});
   for (int64_t i = 0; i < o.n_layers(); ++i) {
-    blocks->push_back(LRUBlock(o.block()));
+    if (o.block().block() == "hawk") {
+      blocks->push_back(HawkBlock(o.block()));
+    } else {
+      blocks->push_back(LRUBlock(o.block()));
+    }
   }
   if (o.dual()) {
     retrieval_head = register_module("decoder", RetrievalHead(o.d_model(), o.d_output()));
@@ -182,7 +257,13 @@ torch::Tensor LRUModelImpl::encode(const torch::Tensor& x, const torch::Tensor& 
                 mask.sizes());
   }
   auto z = o.vocab_size() > 0 ? embedding(x) : input_linear(x);
-  for (const auto& block : *blocks) z = block->as<LRUBlock>()->forward(z, mask);
+  for (const auto& block : *blocks) {
+    if (auto* hawk = block->as<HawkBlock>()) {
+      z = hawk->forward(z, mask);
+    } else {
+      z = block->as<LRUBlock>()->forward(z, mask);
+    }
+  }
   return pool(z, mask, o.pooling());
 }
 

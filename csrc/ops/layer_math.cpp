@@ -39,7 +39,7 @@ void check_diagonal(const char* op, const std::string& layer) {
 }  // namespace
 
 std::vector<std::string> layer_names() {
-  return {"tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "lru", "s5", "s4d"};
+  return {"tanh_rnn", "linear_dense", "diag_complex", "diag_exp", "lru", "s5", "s4d", "rglru"};
 }
 
 void check_layer(const std::string& name) {

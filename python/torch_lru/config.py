@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from .layers import LAYERS
 from .lra.tasks import TASKS
-from .modules import NORM_KINDS, POOLINGS, LRUModel
+from .modules import BLOCKS, NORM_KINDS, POOLINGS, LRUModel
 
 CONFIG_DIR = Path(__file__).resolve().parent / "lra" / "configs"
 REQUIRED = object()  # a key every config must have
@@ -83,6 +83,11 @@ MODEL = {
     "r_max": Field(float, lambda v: None if 0 < v <= 1 else "in (0, 1]"),
     "max_phase": Field(float, positive),
     "layer": Field(str, one_of(*LAYERS)),
+    "block": Field(str, one_of(*BLOCKS)),
+    # The rglru layer's: its gates' diagonal blocks (a divisor of d_state) and the initial a^c range.
+    "gate_blocks": Field(int, at_least(1)),
+    "a_min": Field(float, lambda v: None if 0 < v < 1 else "in (0, 1)"),
+    "a_max": Field(float, lambda v: None if 0 < v < 1 else "in (0, 1)"),
 }
 # Model keys a config may leave out take LRUModel's own defaults (one source of truth).
 for _name, _field in MODEL.items():

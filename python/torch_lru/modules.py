@@ -19,18 +19,29 @@ from torch import nn
 from .layers import LRU, LayerOptions, eigenvalues, make_layer  # noqa: F401  (LRU, eigenvalues: re-exported)
 from .layers.lru import DIRECTION_PARAMETERS, REVERSE_SUFFIX  # noqa: F401  (re-exported)
 
-NORM_KINDS = ("batch", "layer")
+NORM_KINDS = ("batch", "layer", "rms")
 POOLINGS = ("mean", "last")
+BLOCKS = ("lru", "hawk")
+# Layers that run token by token (step) and carry a state between calls.
+STEPPING_LAYERS = ("lru", "rglru")
+# Hawk's gated MLP widens the model by this factor (Griffin paper, section 2.2: M = 3).
+MLP_EXPANSION = 3
 
 
 @dataclass
 class BlockOptions:
-    """An LRUBlock: its recurrent layer's options, the norm, where it sits, and the dropout."""
+    """A residual block: its kind (``block``: "lru" for :class:`LRUBlock`, "hawk" for
+    :class:`HawkBlock`), its recurrent layer's options, the norm, where it sits, and the dropout."""
 
     layer: LayerOptions
     norm: str = "batch"
     prenorm: bool = True
     dropout: float = 0.0
+    block: str = "lru"
+
+    def __post_init__(self):
+        if self.block not in BLOCKS:
+            raise ValueError(f"BlockOptions: block must be one of {BLOCKS}, got {self.block!r}")
 
     @classmethod
     def from_flat(
@@ -45,19 +56,24 @@ class BlockOptions:
         prenorm: bool = True,
         dropout: float = 0.0,
         layer: str = "lru",
+        block: str = "lru",
+        gate_blocks: int = 1,
+        a_min: float = 0.9,
+        a_max: float = 0.999,
     ) -> "BlockOptions":
         """The nested options from the flat arguments LRUModel (and LRUBlock, formerly) take."""
-        return cls(
-            LayerOptions(d_model, d_state, layer, r_min, r_max, max_phase, bidirectional), norm, prenorm, dropout
+        layer_options = LayerOptions(
+            d_model, d_state, layer, r_min, r_max, max_phase, bidirectional, gate_blocks, a_min, a_max
         )
+        return cls(layer_options, norm, prenorm, dropout, block)
 
 
 class SequenceNorm(nn.Module):
-    """BatchNorm or LayerNorm over the features of (B, L, H) sequences, aware of padding.
+    """BatchNorm, LayerNorm or RMSNorm over the features of (B, L, H) sequences, aware of padding.
 
     Batch statistics are taken over the valid positions only (``mask`` true), so padding changes
     neither the outputs at valid positions nor the running statistics. Buffers are named as
-    ``nn.BatchNorm1d``'s.
+    ``nn.BatchNorm1d``'s. RMSNorm (Griffin's): ``x / sqrt(mean(x^2) + eps) * weight``, no bias.
     """
 
     def __init__(self, d_model: int, kind: str = "batch", eps: float = 1e-5, momentum: float = 0.1):
@@ -66,7 +82,8 @@ class SequenceNorm(nn.Module):
             raise ValueError(f"SequenceNorm: kind must be one of {NORM_KINDS}, got {kind!r}")
         self.d_model, self.kind, self.eps, self.momentum = d_model, kind, eps, momentum
         self.weight = nn.Parameter(torch.ones(d_model))
-        self.bias = nn.Parameter(torch.zeros(d_model))
+        if kind != "rms":
+            self.bias = nn.Parameter(torch.zeros(d_model))
         if kind == "batch":
             self.register_buffer("running_mean", torch.zeros(d_model))
             self.register_buffer("running_var", torch.ones(d_model))
@@ -77,6 +94,8 @@ class SequenceNorm(nn.Module):
             raise ValueError(f"SequenceNorm: expected (B, L, {self.d_model}), got {tuple(x.shape)}")
         if self.kind == "layer":
             return F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps)
+        if self.kind == "rms":
+            return F.rms_norm(x, (self.d_model,), self.weight, self.eps)
         if self.training:
             self.num_batches_tracked.add_(1)
         if mask is None or not self.training:
@@ -148,15 +167,80 @@ class LRUBlock(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token ``x_t`` (B, H) -> ``(y_t, new_state)`` (norms use their running statistics)."""
-        if self.layer != "lru":
-            raise ValueError(f"LRUBlock.step: only the LRU steps token by token, this block's layer is {self.layer!r}")
-        if self.training and self.norm.kind == "batch":
-            raise ValueError("LRUBlock.step: BatchNorm needs running statistics; call .eval() first")
+        check_steps(self, "LRUBlock")
         norm = lambda t: self.norm(t.unsqueeze(1)).squeeze(1)  # noqa: E731
         z = norm(x_t) if self.prenorm else x_t
-        y, state = self.lru.step(z, state)
+        y, state = (self.lru if self.layer == "lru" else self.rnn).step(z, state)
         x_t = x_t + self._mix(y)
         return (x_t if self.prenorm else norm(x_t)), state
+
+
+def check_steps(block: nn.Module, name: str) -> None:
+    if block.layer not in STEPPING_LAYERS:
+        raise ValueError(
+            f"{name}.step: the layers that step token by token are {', '.join(STEPPING_LAYERS)}; "
+            f"this block's layer is {block.layer!r}"
+        )
+    norms = [m for m in block.modules() if isinstance(m, SequenceNorm)]
+    if block.training and any(m.kind == "batch" for m in norms):
+        raise ValueError(f"{name}.step: BatchNorm needs running statistics; call .eval() first")
+
+
+class HawkBlock(nn.Module):
+    """Hawk's residual block (De et al. 2024, section 2.2 and figure 2), around any recurrent layer
+    (Hawk's own is ``rglru``):
+
+    ``x = x + dropout(layer(norm(x)))``, then ``x = x + dropout(W_down (GeLU(W_gate z) * W_up z))``
+    with ``z = mlp_norm(x)``, a gated MLP of width 3 H. With ``prenorm=False`` each norm follows
+    its residual add instead. The paper's norm is RMSNorm (``norm="rms"``); the layer is the
+    submodule ``lru`` for the LRU, ``rnn`` for any other.
+    """
+
+    def __init__(self, options: BlockOptions):
+        super().__init__()
+        self.options = options
+        self.prenorm, self.layer = options.prenorm, options.layer.layer
+        H = options.layer.d_model
+        self.norm = SequenceNorm(H, options.norm)
+        if self.layer == "lru":
+            self.lru = make_layer(options.layer)
+        else:
+            self.rnn = make_layer(options.layer)
+        self.mlp_norm = SequenceNorm(H, options.norm)
+        self.mlp_gate = nn.Linear(H, MLP_EXPANSION * H)
+        self.mlp_up = nn.Linear(H, MLP_EXPANSION * H)
+        self.mlp_down = nn.Linear(MLP_EXPANSION * H, H)
+        self.dropout = nn.Dropout(options.dropout)
+
+    def _mlp(self, z: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.mlp_down(F.gelu(self.mlp_gate(z)) * self.mlp_up(z)))
+
+    def _residual(self, x, branch, norm):
+        return x + branch(norm(x)) if self.prenorm else norm(x + branch(x))
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        layer = self.lru if self.layer == "lru" else self.rnn
+        x = self._residual(x, lambda z: self.dropout(layer(z, mask=mask)), lambda t: self.norm(t, mask))
+        return self._residual(x, self._mlp, lambda t: self.mlp_norm(t, mask))
+
+    def step(self, x_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token ``x_t`` (B, H) -> ``(y_t, new_state)`` (norms use their running statistics)."""
+        check_steps(self, "HawkBlock")
+        layer = self.lru if self.layer == "lru" else self.rnn
+        new_state = []
+
+        def mixing(z):
+            y, s = layer.step(z, state)
+            new_state.append(s)
+            return self.dropout(y)
+
+        x_t = self._residual(x_t, mixing, lambda t: self.norm(t.unsqueeze(1)).squeeze(1))
+        x_t = self._residual(x_t, self._mlp, lambda t: self.mlp_norm(t.unsqueeze(1)).squeeze(1))
+        return x_t, new_state[0]
+
+
+def make_block(options: BlockOptions) -> nn.Module:
+    return HawkBlock(options) if options.block == "hawk" else LRUBlock(options)
 
 
 class RetrievalHead(nn.Module):
@@ -191,7 +275,11 @@ class LRUModel(nn.Module):
     map from ``d_input`` features (inputs (B, L, d_input)). With ``dual=True`` (LRA Retrieval) the
     model takes two sequences, encodes both with the same blocks and classifies the pair with a
     :class:`RetrievalHead`. ``layer`` chooses the blocks' recurrent layer (torch_lru.layers.LAYERS);
-    the block arguments (d_model ... layer) become ``self.block_options``, every block's.
+    the block arguments (d_model ... a_max) become ``self.block_options``, every block's. ``block``
+    chooses the residual block: "lru" (:class:`LRUBlock`, the LRU paper's) or "hawk"
+    (:class:`HawkBlock`, Griffin's, usually with ``layer="rglru"`` and ``norm="rms"``).
+    ``gate_blocks``, ``a_min`` and ``a_max`` are the ``rglru`` layer's (see
+    :class:`~torch_lru.layers.RGLRU`).
     """
 
     def __init__(
@@ -212,6 +300,10 @@ class LRUModel(nn.Module):
         prenorm: bool = True,
         dropout: float = 0.0,
         layer: str = "lru",
+        block: str = "lru",
+        gate_blocks: int = 1,
+        a_min: float = 0.9,
+        a_max: float = 0.999,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -231,9 +323,22 @@ class LRUModel(nn.Module):
         self.vocab_size, self.d_input, self.pooling, self.dual = vocab_size, d_input, pooling, dual
         self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)
         self.block_options = BlockOptions.from_flat(
-            d_model, d_state, r_min, r_max, max_phase, bidirectional, norm, prenorm, dropout, layer
+            d_model,
+            d_state,
+            r_min,
+            r_max,
+            max_phase,
+            bidirectional,
+            norm,
+            prenorm,
+            dropout,
+            layer,
+            block,
+            gate_blocks,
+            a_min,
+            a_max,
         )
-        self.blocks = nn.ModuleList(LRUBlock(self.block_options) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(make_block(self.block_options) for _ in range(n_layers))
         self.decoder = RetrievalHead(d_model, d_output) if dual else nn.Linear(d_model, d_output)
 
     def _check(self, x: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:

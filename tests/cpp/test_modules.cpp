@@ -172,6 +172,66 @@ TEST(LRUModel, EveryLayerTrainsAndClones) {
   }
 }
 
+// The RG-LRU: stepping token by token and running in pieces with the state carried give one
+// pass's outputs and final state; padding keeps the state of the last valid step.
+TEST(RGLRU, StepChunksAndPaddingMatchOnePass) {
+  for (auto device : devices()) {
+    SCOPED_TRACE(device.str());
+    torch::manual_seed(0);
+    torch_lru::RGLRU layer(torch_lru::LRUOptions(6, 8).gate_blocks(2));
+    layer->to(device, torch::kDouble);
+    auto opts = torch::dtype(torch::kDouble).device(device);
+    auto u = torch::randn({2, 11, 6}, opts);
+    auto [y, final_state] = layer->forward_with_state(u);
+    ASSERT_EQ(final_state.sizes(), (std::vector<int64_t>{2, 4, 8}));
+    torch::Tensor state;
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < 11; ++t) {
+      auto [y_t, s] = layer->step(u.select(1, t), state);
+      steps.push_back(y_t);
+      state = s;
+    }
+    EXPECT_TRUE(torch::allclose(torch::stack(steps, 1), y, 0, 1e-12));
+    EXPECT_TRUE(torch::allclose(state, final_state, 0, 1e-12));
+    auto [y1, s1] = layer->forward_with_state(u.narrow(1, 0, 4), layer->init_state(2));
+    auto [y2, s2] = layer->forward_with_state(u.narrow(1, 4, 7), s1);
+    EXPECT_TRUE(torch::allclose(torch::cat({y1, y2}, 1), y, 0, 1e-12));
+    EXPECT_TRUE(torch::allclose(s2, final_state, 0, 1e-12));
+    auto mask = torch::arange(11, device).unsqueeze(0) < torch::tensor({11, 5}, device).unsqueeze(1);
+    auto [ym, sm] = layer->forward_with_state(u, {}, mask);
+    auto [alone, alone_state] = layer->forward_with_state(u.narrow(0, 1, 1).narrow(1, 0, 5));
+    EXPECT_TRUE(torch::allclose(ym[1].narrow(0, 0, 5), alone[0], 0, 1e-12));
+    EXPECT_TRUE(torch::allclose(sm[1], alone_state[0], 0, 1e-12));
+  }
+}
+
+// Hawk's block (RMSNorm, RG-LRU block, gated MLP) steps as it runs, in both norm placements.
+TEST(HawkBlock, StepMatchesForward) {
+  for (bool prenorm : {true, false}) {
+    torch::manual_seed(0);
+    torch_lru::LRUBlockOptions options(torch_lru::LRUOptions(8, 12));
+    options.layer("rglru").norm("rms").prenorm(prenorm).block("hawk");
+    torch_lru::HawkBlock block(options);
+    block->to(torch::kDouble);
+    block->eval();
+    auto x = torch::randn({2, 9, 8}, torch::kDouble);
+    torch::Tensor state;
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 0; t < 9; ++t) {
+      auto [y_t, s] = block->step(x.select(1, t), state);
+      steps.push_back(y_t);
+      state = s;
+    }
+    EXPECT_TRUE(torch::allclose(torch::stack(steps, 1), block->forward(x), 0, 1e-10)) << "prenorm " << prenorm;
+    EXPECT_EQ(block->mlp_up->options.out_features(), 24);
+  }
+  torch_lru::LRUBlockOptions tanh(torch_lru::LRUOptions(8, 12));
+  tanh.layer("tanh_rnn").block("hawk");
+  torch_lru::HawkBlock block(tanh);
+  block->eval();
+  EXPECT_THROW(block->step(torch::randn({1, 8})), c10::Error);
+}
+
 TEST(LRUModel, CheckpointRoundTripAndClone) {
   torch::manual_seed(1);
   auto options = torch_lru::LRUModelOptions(4, 8, 6).n_layers(2).vocab_size(7);
@@ -221,7 +281,7 @@ TEST(Modules, BadOptionsAndInputsRaiseErrors) {
   expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).pooling("max")); },
                "pooling must be one of {mean, last}, got \"max\"");
   expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).norm("group")); },
-               "kind must be one of {batch, layer}");
+               "kind must be one of {batch, layer, rms}");
   torch_lru::LRU layer(4, 3);
   expect_error([&] { layer(torch::randn({2, 4})); }, "must have shape (B, L, H), got 2 dimensions");
   expect_error([&] { layer(torch::randn({2, 5, 6})); }, "last dimension must be d_model = 4");
@@ -248,7 +308,13 @@ TEST(Modules, BadOptionsAndInputsRaiseErrors) {
       "unknown recurrent layer 'gru'; the layers are tanh_rnn, linear_dense, diag_complex, diag_exp, lru, s5, s4d");
   torch_lru::LRUBlock block(torch_lru::LRUBlockOptions(4, 3).layer("s5"));
   block->eval();
-  expect_error([&] { block->step(torch::randn({2, 4})); }, "only the LRU steps token by token");
+  expect_error(
+      [&] {
+        block->step(torch::randn({2, 4}));
+      },
+      "the layers that step token by token are lru, rglru; this block's layer is 's5'");
+  expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).block_kind("griffin")); },
+               "LRUModel: block must be one of {lru, hawk}, got \"griffin\"");
 }
 
 TEST(Checkpoints, DamagedFilesAreNamedErrorsNeverCrashes) {

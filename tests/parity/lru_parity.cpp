@@ -53,7 +53,11 @@ torch_lru::LRUModel make_model(Args& a) {
       .norm(take("norm", "batch"))
       .prenorm(b("prenorm", "1"))
       .dropout(f("dropout", "0"))
-      .layer(take("layer", "lru"));
+      .layer(take("layer", "lru"))
+      .block_kind(take("block", "lru"))
+      .gate_blocks(i("gate_blocks", "1"))
+      .a_min(f("a_min", "0.9"))
+      .a_max(f("a_max", "0.999"));
   torch::manual_seed(i("seed", "0"));
   const bool train = b("train", "0");
   for (const auto& [key, value] : a) TORCH_CHECK(false, "lru_parity: unknown option ", key, "=", value);

@@ -11,6 +11,7 @@
 //   lru           the LRU (torch_lru/lru.h)
 //   s5, s4d       x' = Lambda x + B u, Lambda = -exp(a_log) + i omega, discretised by zero-order hold
 //                 with steps exp(log_step); S5 from HiPPO-N's eigenvalues, S4D from S4D-Lin
+//   rglru         Griffin's gated RG-LRU in its recurrent block (torch_lru/rglru.h)
 // Parameters of the reverse direction of a bidirectional layer carry the suffix "_rev".
 #pragma once
 

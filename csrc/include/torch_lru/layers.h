@@ -14,6 +14,7 @@
 
 #include "torch_lru/layer_math.h"
 #include "torch_lru/lru.h"
+#include "torch_lru/rglru.h"
 
 namespace torch_lru {
 
@@ -29,6 +30,10 @@ struct LRUOptions {
   // A second direction, run from the last step to the first, with its own *_rev parameters (all
   // but D); the two directions' outputs are summed.
   TORCH_ARG(bool, bidirectional) = false;
+  // rglru only: the gates' number of diagonal blocks (a divisor of d_state) and the initial a^c's range.
+  TORCH_ARG(int64_t, gate_blocks) = 1;
+  TORCH_ARG(double, a_min) = 0.9;
+  TORCH_ARG(double, a_max) = 0.999;
 };
 
 // Linear Recurrent Unit over real sequences u (B, L, H). Parameters: nu_log, theta_log, gamma_log
@@ -111,6 +116,33 @@ class LinearDenseImpl : public torch::nn::Cloneable<LinearDenseImpl> {
   bool bidirectional;
 };
 TORCH_MODULE(LinearDense);
+
+// rglru: Griffin's recurrent block around the RG-LRU (torch_lru/rglru.h), d_model -> d_state ->
+// d_model; parameters from rglru_init under rglru_parameter_names, forward by the rglru op. The
+// state of a unidirectional layer is one (B, 4, d_state) tensor: the convolution's last three
+// inputs, then h.
+class RGLRUImpl : public torch::nn::Cloneable<RGLRUImpl> {
+ public:
+  explicit RGLRUImpl(LRUOptions options);
+  RGLRUImpl(int64_t d_model, int64_t d_state) : RGLRUImpl(LRUOptions(d_model, d_state)) {}
+  void reset() override;
+  // y (B, L, H); mask (B, L) bool, true at valid positions (undefined: all valid).
+  torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+  // (y, final state) from a state (undefined: zero). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> forward_with_state(const torch::Tensor& u, const torch::Tensor& state = {},
+                                                              const torch::Tensor& mask = {});
+  // One token u_t (B, H) -> (y_t, new state). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  // The zero state (batch, 4, d_state).
+  torch::Tensor init_state(int64_t batch) const;
+  void pretty_print(std::ostream& stream) const override;
+
+  LRUOptions options;
+
+ private:
+  std::vector<torch::Tensor> params() const;
+};
+TORCH_MODULE(RGLRU);
 
 // The layer called `name` (one of layer_names() but "lru": a block holds the LRU itself, as the
 // submodule "lru"), built from the options that apply to it.

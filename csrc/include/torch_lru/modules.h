@@ -17,13 +17,13 @@ namespace torch_lru {
 struct SequenceNormOptions {
   explicit SequenceNormOptions(int64_t d_model) : d_model_(d_model) {}
   TORCH_ARG(int64_t, d_model);
-  TORCH_ARG(std::string, kind) = "batch";  // "batch" or "layer"
+  TORCH_ARG(std::string, kind) = "batch";  // "batch", "layer" or "rms"
   TORCH_ARG(double, eps) = 1e-5;
   TORCH_ARG(double, momentum) = 0.1;
 };
 
-// BatchNorm (statistics over the valid positions only) or LayerNorm over the features of
-// (B, L, H) sequences. Buffers as torch::nn::BatchNorm1d's.
+// BatchNorm (statistics over the valid positions only), LayerNorm or RMSNorm (weight, no bias)
+// over the features of (B, L, H) sequences. Buffers as torch::nn::BatchNorm1d's.
 class SequenceNormImpl : public torch::nn::Cloneable<SequenceNormImpl> {
  public:
   explicit SequenceNormImpl(SequenceNormOptions options);
@@ -46,6 +46,8 @@ struct LRUBlockOptions {
   TORCH_ARG(std::string, norm) = "batch";
   TORCH_ARG(bool, prenorm) = true;
   TORCH_ARG(double, dropout) = 0.0;
+  // The residual block: "lru" (LRUBlock) or "hawk" (HawkBlock).
+  TORCH_ARG(std::string, block) = "lru";
 
  public:
   int64_t d_model() const { return recurrence_.d_model(); }
@@ -72,6 +74,32 @@ class LRUBlockImpl : public torch::nn::Cloneable<LRUBlockImpl> {
   torch::Tensor mix(const torch::Tensor& z);
 };
 TORCH_MODULE(LRUBlock);
+
+// Hawk's residual block (Griffin paper, section 2.2) around options.layer (Hawk's own: "rglru"):
+// x + dropout(layer(norm(x))), then + dropout(mlp_down(GeLU(mlp_gate(z)) * mlp_up(z))) with
+// z = mlp_norm(x), a gated MLP of width 3 H; with prenorm false each norm follows its residual add.
+class HawkBlockImpl : public torch::nn::Cloneable<HawkBlockImpl> {
+ public:
+  explicit HawkBlockImpl(LRUBlockOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
+  // One token x_t (B, H) -> (y_t, new state); norms use their running statistics (eval mode).
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& x_t, const torch::Tensor& state = {});
+
+  LRUBlockOptions options;
+  SequenceNorm norm{nullptr}, mlp_norm{nullptr};
+  LRU lru{nullptr};          // when options.layer is "lru"
+  torch::nn::AnyModule rnn;  // any other layer
+  torch::nn::Linear mlp_gate{nullptr}, mlp_up{nullptr}, mlp_down{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  torch::Tensor mlp(const torch::Tensor& z);
+};
+TORCH_MODULE(HawkBlock);
+
+// Hawk's gated MLP widens the model by this factor (Griffin paper, section 2.2: M = 3).
+inline constexpr int64_t kMlpExpansion = 3;
 
 // Two pooled encodings a, b -> [a, b, a * b, a - b] -> Linear -> GELU -> Linear.
 class RetrievalHeadImpl : public torch::nn::Cloneable<RetrievalHeadImpl> {
@@ -133,9 +161,25 @@ struct LRUModelOptions {
     block_.dropout(v);
     return *this;
   }
+  LRUModelOptions& block_kind(const std::string& v) {
+    block_.block(v);
+    return *this;
+  }
+  LRUModelOptions& gate_blocks(int64_t v) {
+    block_.recurrence().gate_blocks(v);
+    return *this;
+  }
+  LRUModelOptions& a_min(double v) {
+    block_.recurrence().a_min(v);
+    return *this;
+  }
+  LRUModelOptions& a_max(double v) {
+    block_.recurrence().a_max(v);
+    return *this;
+  }
 };
 
-// Encoder (embedding or linear) -> n_layers LRUBlocks -> pooling -> decoder (Linear, or
+// Encoder (embedding or linear) -> n_layers LRUBlocks (or HawkBlocks) -> pooling -> decoder (Linear, or
 // RetrievalHead when dual).
 class LRUModelImpl : public torch::nn::Cloneable<LRUModelImpl> {
  public:

@@ -10,8 +10,11 @@ tanh RNN to the LRU one change at a time, plus two diagonal state-space baseline
 - ``s5``, ``s4d``: x' = Lambda x + B u discretised by zero-order hold with learnable log steps;
   S5 from HiPPO-N's eigenvalues (Smith et al. 2023), S4D from S4D-Lin, Lambda_n = -1/2 + i pi n
   (Gu et al. 2022).
+- ``rglru``: the LRU's gated successor, Griffin's RG-LRU in its recurrent block (De et al. 2024):
+  a real diagonal recurrence whose coefficient a_t depends on the input, after a short causal
+  convolution, gated by a GeLU branch.
 
-Each layer's math is a C++ op (csrc/ops/lru.cpp, csrc/ops/layer_math.cpp) that the C++ layers
+Each layer's math is a C++ op (csrc/ops/lru.cpp, csrc/ops/layer_math.cpp, csrc/ops/rglru.cpp) that the C++ layers
 (torch_lru/layers.h) call too. Each layer class names its recurrence's parameters in
 ``recurrence_parameters`` (the optimiser's LRU group). The block and the model are above this
 package (torch_lru.modules), never below it.
@@ -26,6 +29,7 @@ from .. import ops  # noqa: F401  (registers torch.ops.torch_lru)
 from .dense import LinearDense, TanhRNN
 from .diagonal import S4D, S5, DiagComplex, DiagExp, DiagonalLayer, hippo_n_eigenvalues, zoh
 from .lru import LRU, eigenvalues
+from .rglru import RGLRU
 
 LAYERS = tuple(torch.ops.torch_lru.layer_names())
 CLASSES = {
@@ -36,6 +40,7 @@ CLASSES = {
     "lru": LRU,
     "s5": S5,
     "s4d": S4D,
+    "rglru": RGLRU,
 }
 # What keeps a layer from torch.compile without graph breaks (None: nothing; the layer compiles
 # with fullgraph and dynamic shapes, tests/test_train.py checks it).
@@ -61,6 +66,10 @@ class LayerOptions:
     r_max: float = 1.0
     max_phase: float = 2 * math.pi
     bidirectional: bool = False
+    # rglru only: the gates' number of diagonal blocks, and the range of the initial a^c.
+    gate_blocks: int = 1
+    a_min: float = 0.9
+    a_max: float = 0.999
 
     def __post_init__(self):
         check_layer(self.layer)
@@ -72,6 +81,8 @@ def make_layer(options: LayerOptions) -> torch.nn.Module:
     kwargs = {"bidirectional": options.bidirectional}
     if options.layer in RING_LAYERS:
         kwargs.update(r_min=options.r_min, r_max=options.r_max, max_phase=options.max_phase)
+    if options.layer == "rglru":
+        kwargs.update(gate_blocks=options.gate_blocks, a_min=options.a_min, a_max=options.a_max)
     return cls(options.d_model, options.d_state, **kwargs)
 
 
@@ -80,6 +91,7 @@ __all__ = [
     "COMPILE_BLOCKERS",
     "LAYERS",
     "LRU",
+    "RGLRU",
     "S4D",
     "S5",
     "DiagComplex",

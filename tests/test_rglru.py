@@ -1,0 +1,290 @@
+"""The RG-LRU (Griffin's gated recurrence, torch_lru.layers.RGLRU) and Hawk's residual block: each op
+against the paper's equations written out as loops in float64 (outputs, states and gradients),
+the initialisation, streaming (step and chunks), padding, torch.compile, autocast and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import torch_lru
+from torch_lru.layers import RGLRU, LayerOptions
+from torch_lru.modules import BlockOptions, HawkBlock
+from torch_lru.reference import rglru_loop
+
+ops = torch.ops.torch_lru
+
+
+def make(H=6, N=8, bidirectional=False, gate_blocks=2, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    return RGLRU(H, N, bidirectional, gate_blocks=gate_blocks, **kwargs).double()
+
+
+def as_reference(layer):
+    params = dict(layer.named_parameters())
+    forward = {k: v for k, v in params.items() if not k.endswith("_rev")}
+    reverse = {k.removesuffix("_rev"): v for k, v in params.items() if k.endswith("_rev")}
+    return forward, ({**forward, **reverse} if layer.bidirectional else None)
+
+
+def recurrence_loop(x, Lambda, W_a, b_a, W_x, b_x, c=8.0, h=None, reverse=False):
+    """Equations 1-4 of the Griffin paper, one step at a time."""
+    W_a, W_x = torch.block_diag(*W_a), torch.block_diag(*W_x)
+    h = torch.zeros_like(x[:, 0]) if h is None else h
+    out = [None] * x.shape[1]
+    for t in range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1]):
+        r = torch.sigmoid(x[:, t] @ W_a + b_a)
+        i = torch.sigmoid(x[:, t] @ W_x + b_x)
+        a = torch.sigmoid(Lambda) ** (c * r)
+        h = a * h + torch.sqrt(1 - a**2) * (i * x[:, t])
+        out[t] = h
+    return torch.stack(out, 1), h
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("gate_blocks", [1, 4])
+def test_the_layer_matches_the_papers_equations(bidirectional, gate_blocks):
+    layer = make(bidirectional=bidirectional, gate_blocks=gate_blocks)
+    u = torch.randn(3, 19, 6, dtype=torch.float64)
+    forward, reverse = as_reference(layer)
+    expected, expected_state = rglru_loop(u, forward, reverse_params=reverse)
+    torch.testing.assert_close(layer(u), expected, rtol=0, atol=1e-12)
+    if not bidirectional:
+        _, state = layer(u, return_state=True)
+        torch.testing.assert_close(state, expected_state, rtol=0, atol=1e-12)
+        state0 = torch.randn(3, 4, 8, dtype=torch.float64)
+        y, state = layer(u, state0, return_state=True)
+        expected, expected_state = rglru_loop(u, forward, state=state0)
+        torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(state, expected_state, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_recurrence_op_and_its_gradients_match_the_loop(reverse):
+    torch.manual_seed(1)
+    p = ops.rglru_init(5, 6, 3, 0.5, 0.99, dtype=torch.float64)
+    Lambda, W_a, b_a, W_x, b_x = (t.clone().requires_grad_() for t in p[8:13])
+    b_a.data.normal_(), b_x.data.normal_()
+    x = torch.randn(2, 11, 6, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    leaves = (x, Lambda, W_a, b_a, W_x, b_x, h0)
+    h, final = ops.rglru_recurrence(x, Lambda, W_a, b_a, W_x, b_x, 8.0, h0, None, reverse)
+    expected, expected_final = recurrence_loop(x, Lambda, W_a, b_a, W_x, b_x, 8.0, h0, reverse)
+    torch.testing.assert_close(h, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(final, expected_final, rtol=0, atol=1e-12)
+    g = torch.randn_like(h)
+    got = torch.autograd.grad((h * g).sum(), leaves)
+    want = torch.autograd.grad((expected * g).sum(), leaves)
+    for name, a, b in zip(("x", "Lambda", "W_a", "b_a", "W_x", "b_x", "h0"), got, want):
+        assert a.abs().sum() > 0, name  # every parameter, Lambda and the recurrence gate's included, gets a gradient
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_gradcheck_of_the_whole_layer():
+    layer = make(H=3, N=4, gate_blocks=2, a_min=0.6, a_max=0.95)
+    names = torch.ops.torch_lru.rglru_parameter_names(False)
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    for p in params:
+        if p.dim() == 1:
+            p.data.normal_(0, 0.5)  # biases away from zero, so every path carries a gradient
+    u = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+
+    def f(u, state, *params):
+        y, final = ops.rglru(u, list(params), False, 8.0, state)
+        return y, final
+
+    assert len(names) == len(params)
+    assert torch.autograd.gradcheck(f, (u, state, *params), eps=1e-6, atol=1e-7)
+
+
+def test_the_convolution_is_a_causal_depthwise_conv1d():
+    torch.manual_seed(2)
+    x = torch.randn(3, 10, 5, dtype=torch.float64)
+    w = torch.randn(4, 5, dtype=torch.float64)
+    b = torch.randn(5, dtype=torch.float64)
+    # y_t = b + sum_j w[j] x_{t-j}: torch's conv1d (a correlation) with the taps reversed, padded left.
+    kernel = w.flip(0).T.unsqueeze(1)  # (N, 1, K)
+    expected = F.conv1d(F.pad(x.transpose(1, 2), (3, 0)), kernel, b, groups=5).transpose(1, 2)
+    y, state = ops.causal_conv1d(x, w, b)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state, x[:, -3:])
+    backwards = F.conv1d(F.pad(x.transpose(1, 2), (0, 3)), w.T.unsqueeze(1), b, groups=5).transpose(1, 2)
+    y, state = ops.causal_conv1d(x, w, b, reverse=True)
+    torch.testing.assert_close(y, backwards, rtol=0, atol=1e-12)
+    torch.testing.assert_close(state, x[:, :3].flip(1))  # oldest first in the direction of travel
+    # In pieces, with the state carried, the same as one pass.
+    y1, s1 = ops.causal_conv1d(x[:, :2], w, b)
+    y2, s2 = ops.causal_conv1d(x[:, 2:], w, b, s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(s2, x[:, -3:])
+
+
+def test_initialisation_follows_the_paper():
+    torch.manual_seed(0)
+    p = dict(zip(ops.rglru_parameter_names(True), ops.rglru_init(16, 4096, 8, 0.9, 0.999, True, dtype=torch.float64)))
+    for suffix in ("", "_rev"):
+        a_c = torch.sigmoid(p["Lambda" + suffix]) ** 8  # a^c, uniform in [0.9, 0.999] (section 2.4)
+        assert a_c.min() >= 0.9 - 1e-12 and a_c.max() <= 0.999 + 1e-12
+        torch.testing.assert_close(a_c.mean().item(), 0.9495, rtol=0, atol=3e-3)
+        torch.testing.assert_close(a_c.std().item(), 0.099 / 12**0.5, rtol=0.05, atol=0)
+        assert p["W_a" + suffix].shape == (8, 512, 512) and p["W_x" + suffix].shape == (8, 512, 512)
+        for bias in ("b_a", "b_x", "conv_bias"):
+            assert not p[bias + suffix].any()
+    torch.testing.assert_close(p["W_a"].std().item(), 512**-0.5, rtol=0.01, atol=0)
+    torch.testing.assert_close(p["W_in_x"].std().item(), 16**-0.5, rtol=0.02, atol=0)
+    torch.testing.assert_close(p["W_out"].std().item(), 4096**-0.5, rtol=0.02, atol=0)
+    torch.testing.assert_close(p["conv_weight"].std().item(), 0.05, rtol=0.05, atol=0)
+    # One seed, one draw; float32 by default.
+    torch.manual_seed(5)
+    first = ops.rglru_init(4, 6)
+    torch.manual_seed(5)
+    assert all(torch.equal(a, b) for a, b in zip(first, ops.rglru_init(4, 6))) and first[0].dtype == torch.float32
+
+
+def test_step_and_chunks_continue_the_sequence():
+    layer = make()
+    u = torch.randn(2, 13, 6, dtype=torch.float64)
+    y, final = layer(u, return_state=True)
+    state, steps = None, []
+    for t in range(13):
+        y_t, state = layer.step(u[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y, rtol=0, atol=1e-13)
+    torch.testing.assert_close(state, final, rtol=0, atol=1e-13)
+    # The state is the convolution's last three inputs, then h.
+    x = u @ layer.W_in_x.T + layer.b_in_x
+    torch.testing.assert_close(final[:, :3], x[:, -3:], rtol=0, atol=1e-13)
+    pieces, state = [], layer.init_state(2)
+    for start, stop in ((0, 1), (1, 5), (5, 5), (5, 6), (6, 13)):  # an empty piece keeps the state
+        y_part, state = layer(u[:, start:stop], state, return_state=True)
+        pieces.append(y_part)
+    torch.testing.assert_close(torch.cat(pieces, 1), y, rtol=0, atol=1e-13)
+    torch.testing.assert_close(state, final, rtol=0, atol=1e-13)
+
+
+def test_padding_keeps_the_state_of_the_last_valid_step():
+    layer = make()
+    lengths = torch.tensor([11, 4, 0])
+    mask = torch.arange(11)[None] < lengths[:, None]
+    u = torch.randn(3, 11, 6, dtype=torch.float64)
+    noisy = torch.where(mask.unsqueeze(-1), u, 1e3 * torch.randn_like(u))
+    state0 = torch.randn(3, 4, 8, dtype=torch.float64)
+    y, final = layer(noisy, state0, return_state=True, mask=mask)
+    for row, n in enumerate(lengths.tolist()):
+        alone, alone_final = layer(u[row : row + 1, :n], state0[row : row + 1], return_state=True)
+        torch.testing.assert_close(y[row, :n], alone[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(final[row], alone_final[0], rtol=0, atol=1e-12)
+
+
+def test_bidirectional_layers_refuse_state_and_step():
+    layer = make(bidirectional=True)
+    with pytest.raises(ValueError, match="bidirectional layer sees the whole sequence"):
+        layer(torch.randn(1, 3, 6, dtype=torch.float64), return_state=True)
+    with pytest.raises(ValueError, match="cannot run step by step"):
+        layer.step(torch.randn(1, 6, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="a bidirectional layer sees the whole sequence; it takes no state"):
+        ops.rglru(torch.randn(1, 3, 6, dtype=torch.float64), list(layer.parameters()), True, 8.0, torch.zeros(1, 4, 8))
+
+
+def test_bad_input_is_named():
+    layer = make()
+    params = list(layer.parameters())
+    u = torch.randn(2, 5, 6, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"state must have shape \(B, 4, N\) = \(2, 4, 8\)"):
+        layer(u, torch.zeros(2, 3, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"the input's last dimension|input must have shape \(B, L, H\) with N = 6"):
+        layer(torch.randn(2, 5, 7, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="the input's dtype Float differs from the parameters' Double"):
+        layer(u.float())
+    with pytest.raises(RuntimeError, match=r"mask must have shape \(B, L\) = \(2, 5\)"):
+        layer(u, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="expected the 13 parameters"):
+        ops.rglru(u, params[:-1])
+    with pytest.raises(RuntimeError, match=r"W_out must have shape \[6, 8\]"):
+        ops.rglru(u, params[:4] + [params[4].T] + params[5:])
+    with pytest.raises(RuntimeError, match="n_blocks must be a positive divisor of d_state = 8, got 3"):
+        RGLRU(6, 8, gate_blocks=3)
+    with pytest.raises(RuntimeError, match="0 < a_min <= a_max < 1"):
+        RGLRU(6, 8, a_min=0.99, a_max=0.9)
+    with pytest.raises(RuntimeError, match="c must be positive"):
+        ops.rglru_recurrence(torch.randn(1, 2, 8), *[p.float() for p in params[8:13]], 0.0)
+
+
+def test_padding_and_autocast_in_a_model():
+    torch.manual_seed(0)
+    model = torch_lru.LRUModel(3, d_model=16, d_state=12, n_layers=2, vocab_size=9, layer="rglru", bidirectional=True)
+    x = torch.randint(0, 9, (3, 10))
+    mask = torch.arange(10)[None] < torch.tensor([10, 6, 2])[:, None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(x, mask)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    y.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.blocks[0].rnn.Lambda.grad.abs().sum() > 0
+
+
+def hawk(layer="rglru", norm="rms", prenorm=True, bidirectional=False, dropout=0.0):
+    torch.manual_seed(0)
+    options = BlockOptions(LayerOptions(8, 12, layer, bidirectional=bidirectional), norm, prenorm, dropout, "hawk")
+    return HawkBlock(options).double()
+
+
+def test_hawk_block_is_the_papers_residual_block():
+    block = hawk()
+    x = torch.randn(2, 7, 8, dtype=torch.float64)
+    # x + RG-LRU block(RMSNorm(x)), then + gated MLP(RMSNorm(.)) of width 3 H.
+    rms = lambda t, w: t * torch.rsqrt(t.square().mean(-1, keepdim=True) + 1e-5) * w  # noqa: E731
+    mid = x + block.rnn(rms(x, block.norm.weight))
+    z = rms(mid, block.mlp_norm.weight)
+    expected = mid + block.mlp_down(F.gelu(block.mlp_gate(z)) * block.mlp_up(z))
+    torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-12)
+    assert block.mlp_up.out_features == 24 and not hasattr(block.norm, "bias")
+
+
+@pytest.mark.parametrize("norm,prenorm", [("rms", True), ("layer", False), ("batch", True)])
+@pytest.mark.parametrize("layer", ["rglru", "lru"])
+def test_hawk_block_steps_as_it_runs(norm, prenorm, layer):
+    block = hawk(layer, norm, prenorm)
+    if norm == "batch":
+        block(torch.randn(4, 9, 8, dtype=torch.float64))  # running statistics that are not the defaults
+    block.eval()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    state, steps = None, []
+    for t in range(9):
+        y_t, state = block.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), block(x), rtol=0, atol=1e-9)
+
+
+def test_hawk_block_padding_never_changes_a_valid_output():
+    block = hawk(bidirectional=True)
+    mask = torch.arange(9)[None] < torch.tensor([9, 3])[:, None]
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    noisy = torch.where(mask.unsqueeze(-1), x, 50 * torch.randn_like(x))
+    torch.testing.assert_close(block(noisy, mask)[mask], block(x, mask)[mask], rtol=0, atol=1e-10)
+    torch.testing.assert_close(block(x, mask)[1, :3], block(x[1:, :3])[0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("block", ["lru", "hawk"])
+def test_rglru_models_compile_without_graph_breaks(block):
+    torch.manual_seed(0)
+    model = torch_lru.LRUModel(
+        3, d_model=16, d_state=8, n_layers=2, vocab_size=9, layer="rglru", block=block, norm="rms", bidirectional=True
+    )
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=True)
+    for L in (7, 12):
+        x = torch.randint(0, 9, (2, L))
+        mask = torch.arange(L)[None] < torch.tensor([L, 3])[:, None]
+        torch.testing.assert_close(compiled(x, mask), model(x, mask), rtol=1e-5, atol=1e-6)
+        compiled(x, mask).sum().backward()
+
+
+def test_the_step_compiles_without_graph_breaks():
+    layer = make().float()
+    step = torch.compile(layer.step, backend="aot_eager", fullgraph=True)
+    u = torch.randn(2, 6)
+    state = layer.init_state(2)
+    y, new_state = step(u, state)
+    y_ref, state_ref = layer.step(u, state)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(new_state, state_ref)
