@@ -110,8 +110,9 @@ def plot(results, tasks, layers, path):
                     fontsize=8,
                     color="red",
                 )
-        if results[task][walk[0]].get("majority"):
-            ax.axhline(results[task][walk[0]]["majority"], color="black", linewidth=0.8, label="majority class")
+        majority = results[task][layers[0]].get("majority")
+        if majority:
+            ax.axhline(majority, color="black", linewidth=0.8, label="majority class")
         for name, style in zip(BASELINES, ("--", ":")):
             if name in results[task]:
                 ax.axhline(results[task][name]["mean"], linestyle=style, color="grey", label=name.upper())

@@ -158,10 +158,10 @@ def test_a_short_training_run_lowers_the_loss(name):
 
 
 def test_block_and_model_take_a_layer_name():
-    block = torch_lru.LRUBlock(torch_lru.modules.BlockOptions(LayerOptions(8, 4, "s5")))
+    block = torch_lru.LRUBlock(torch_lru.modules.BlockOptions(LayerOptions(8, 4, "s5", bidirectional=True)))
     assert hasattr(block, "rnn") and not hasattr(block, "lru")
     assert block(torch.randn(2, 5, 8)).shape == (2, 5, 8)
-    with pytest.raises(ValueError, match="the layers that step token by token are lru, rglru"):
+    with pytest.raises(ValueError, match="S5: a bidirectional layer cannot run step by step"):
         block.eval().step(torch.randn(2, 8))
     with pytest.raises(ValueError, match="unknown recurrent layer 'gru'; the layers are tanh_rnn, linear_dense"):
         torch_lru.LRUModel(2, layer="gru")

@@ -68,9 +68,29 @@ std::tuple<torch::Tensor, torch::Tensor> LRUImpl::forward_with_state(const torch
 std::tuple<torch::Tensor, torch::Tensor> LRUImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
   TORCH_CHECK(!options.bidirectional(),
               "LRU: a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  auto [lam, W_in, W_out] = step_weights();
+  return lru_step_packed(u_t, lam, W_in, W_out, D_,
+                         state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor LRUImpl::init_state(int64_t batch) const {
+  return torch::zeros({batch, options.d_state()},
+                      D_.options().dtype(c10::toComplexType(forward_.nu_log.scalar_type())));
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> LRUImpl::step_weights() const {
   const Direction& f = forward_;
-  return lru_step(u_t, f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im, D_,
-                  state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+  const torch::Tensor* params[] = {&f.nu_log, &f.theta_log, &f.gamma_log, &f.B_re, &f.B_im, &f.C_re, &f.C_im};
+  if (torch::GradMode::is_enabled()) {
+    return lru_step_weights(f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im);
+  }
+  std::vector<std::pair<const void*, uint32_t>> key;
+  for (const auto* p : params) key.emplace_back(p->data_ptr(), p->_version());
+  if (key != packed_key_) {
+    packed_ = lru_step_weights(f.nu_log, f.theta_log, f.gamma_log, f.B_re, f.B_im, f.C_re, f.C_im);
+    packed_key_ = std::move(key);
+  }
+  return packed_;
 }
 
 torch::Tensor LRUImpl::eigenvalues(bool reverse) const {
@@ -116,6 +136,18 @@ torch::Tensor DiagonalLayerImpl::forward(const torch::Tensor& u, const torch::Te
   return y;
 }
 
+std::tuple<torch::Tensor, torch::Tensor> DiagonalLayerImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
+  TORCH_CHECK(!options.bidirectional(), kind,
+              ": a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  return diagonal_step(u_t, kind, direction(false), parameters_["C_re"], parameters_["C_im"], parameters_["D"],
+                       state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor DiagonalLayerImpl::init_state(int64_t batch) const {
+  const auto& C = parameters_["C_re"];
+  return torch::zeros({batch, options.d_state()}, C.options().dtype(c10::toComplexType(C.scalar_type())));
+}
+
 TanhRNNImpl::TanhRNNImpl(int64_t d_model_, int64_t d_state_, bool bidirectional_)
     : d_model(d_model_), d_state(d_state_), bidirectional(bidirectional_) {
   reset();
@@ -135,6 +167,16 @@ torch::Tensor TanhRNNImpl::forward(const torch::Tensor& u, const torch::Tensor& 
   return tanh_rnn(u, mask.defined() ? std::optional<torch::Tensor>(mask) : std::nullopt, rnn->all_weights(),
                   bidirectional, is_training(), out->weight, D);
 }
+
+std::tuple<torch::Tensor, torch::Tensor> TanhRNNImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
+  TORCH_CHECK(!bidirectional,
+              "TanhRNN: a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  auto weights = rnn->all_weights();
+  return tanh_rnn_step(u_t, {weights.begin(), weights.begin() + 4}, out->weight, D,
+                       state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor TanhRNNImpl::init_state(int64_t batch) const { return torch::zeros({batch, d_state}, D.options()); }
 
 LinearDenseImpl::LinearDenseImpl(int64_t d_model_, int64_t d_state_, bool bidirectional_)
     : d_model(d_model_), d_state(d_state_), bidirectional(bidirectional_) {
@@ -200,6 +242,38 @@ void RGLRUImpl::pretty_print(std::ostream& stream) const {
   stream << "torch_lru::RGLRU(d_model=" << options.d_model() << ", d_state=" << options.d_state()
          << ", gate_blocks=" << options.gate_blocks() << ", a_min=" << options.a_min() << ", a_max=" << options.a_max()
          << ", bidirectional=" << (options.bidirectional() ? "true" : "false") << ")";
+}
+
+std::tuple<torch::Tensor, torch::Tensor> LinearDenseImpl::step(const torch::Tensor& u_t, const torch::Tensor& state) {
+  TORCH_CHECK(!bidirectional,
+              "LinearDense: a bidirectional layer cannot run step by step (its reverse half needs the future)");
+  return dense_step(u_t, parameters_["A"], parameters_["B"], parameters_["C"], parameters_["D"],
+                    state.defined() ? std::optional<torch::Tensor>(state) : std::nullopt);
+}
+
+torch::Tensor LinearDenseImpl::init_state(int64_t batch) const {
+  return torch::zeros({batch, d_state}, parameters_["A"].options());
+}
+
+std::tuple<torch::Tensor, torch::Tensor> step_layer(torch::nn::AnyModule& layer, const torch::Tensor& u_t,
+                                                    const torch::Tensor& state) {
+  auto& m = *layer.ptr();
+  if (auto* l = m.as<RGLRU>()) return l->step(u_t, state);
+  if (auto* l = m.as<DiagonalLayer>()) return l->step(u_t, state);
+  if (auto* l = m.as<TanhRNN>()) return l->step(u_t, state);
+  if (auto* l = m.as<LinearDense>()) return l->step(u_t, state);
+  if (auto* l = m.as<LRU>()) return l->step(u_t, state);
+  TORCH_CHECK(false, "step_layer: ", m.name(), " is not a torch_lru layer");
+}
+
+torch::Tensor init_layer_state(torch::nn::AnyModule& layer, int64_t batch) {
+  auto& m = *layer.ptr();
+  if (auto* l = m.as<RGLRU>()) return l->init_state(batch);
+  if (auto* l = m.as<DiagonalLayer>()) return l->init_state(batch);
+  if (auto* l = m.as<TanhRNN>()) return l->init_state(batch);
+  if (auto* l = m.as<LinearDense>()) return l->init_state(batch);
+  if (auto* l = m.as<LRU>()) return l->init_state(batch);
+  TORCH_CHECK(false, "init_layer_state: ", m.name(), " is not a torch_lru layer");
 }
 
 torch::nn::AnyModule make_layer(const std::string& name, const LRUOptions& o) {

@@ -2,6 +2,8 @@
 // line for line: construction order (so one seed draws the same values), names, and forward.
 #include "torch_lru/modules.h"
 
+#include "torch_lru/stream.h"
+
 namespace torch_lru {
 
 namespace {
@@ -62,8 +64,6 @@ torch::Tensor SequenceNormImpl::forward(const torch::Tensor& x, const torch::Ten
 namespace {
 
 void check_steps(const char* block, const LRUBlockOptions& o, bool training) {
-  TORCH_CHECK(o.layer() == "lru" || o.layer() == "rglru", block,
-              "::step: the layers that step token by token are lru, rglru; this block's layer is '", o.layer(), "'");
   TORCH_CHECK(!(training && o.norm() == "batch"), block,
               "::step: BatchNorm needs running statistics; call eval() first");
 }
@@ -84,7 +84,15 @@ torch::Tensor run_layer(LRU& lru, torch::nn::AnyModule& rnn, const torch::Tensor
 
 std::tuple<torch::Tensor, torch::Tensor> step_layer(LRU& lru, torch::nn::AnyModule& rnn, const torch::Tensor& z,
                                                     const torch::Tensor& state) {
-  return lru ? lru->step(z, state) : rnn.get<RGLRU>()->step(z, state);
+  return lru ? lru->step(z, state) : torch_lru::step_layer(rnn, z, state);
+}
+
+torch::Tensor init_state_of(LRU& lru, torch::nn::AnyModule& rnn, int64_t batch) {
+  return lru ? lru->init_state(batch) : init_layer_state(rnn, batch);
+}
+
+std::optional<torch::Tensor> opt(const torch::Tensor& t) {
+  return t.defined() ? std::optional<torch::Tensor>(t) : std::nullopt;
 }
 
 }  // namespace
@@ -113,8 +121,21 @@ torch::Tensor LRUBlockImpl::forward(const torch::Tensor& x, const torch::Tensor&
   return options.prenorm() ? y : norm(y, mask);
 }
 
+torch::Tensor LRUBlockImpl::init_state(int64_t batch) { return init_state_of(lru, rnn, batch); }
+
+torch::Tensor HawkBlockImpl::init_state(int64_t batch) { return init_state_of(lru, rnn, batch); }
+
 std::tuple<torch::Tensor, torch::Tensor> LRUBlockImpl::step(const torch::Tensor& x_t, const torch::Tensor& state) {
   check_steps("LRUBlock", options, is_training());
+  if (lru && !(is_training() && options.dropout() > 0)) {
+    // One op for the whole block (torch_lru::lru_block_step), as the Python block calls it.
+    auto [lam, W_in, W_out] = lru->step_weights();
+    const bool batch = options.norm() == "batch";
+    return lru_block_step(x_t, options.norm(), norm->weight, opt(norm->bias),
+                          batch ? opt(norm->running_mean) : std::nullopt, batch ? opt(norm->running_var) : std::nullopt,
+                          norm->options.eps(), options.prenorm(), lam, W_in, W_out, lru->D(), glu->weight, glu->bias,
+                          opt(state));
+  }
   auto normed = [&](const torch::Tensor& t) { return norm(t.unsqueeze(1)).squeeze(1); };
   auto z = options.prenorm() ? normed(x_t) : x_t;
   auto [y, new_state] = step_layer(lru, rnn, z, state);
@@ -187,12 +208,13 @@ torch::Tensor RetrievalHeadImpl::forward(const torch::Tensor& a, const torch::Te
 // ---- LRUModel ----
 
 torch::Tensor pool(const torch::Tensor& x, const torch::Tensor& mask, const std::string& how) {
+  if (how == "none") return x;
   if (how == "mean") {
     if (!mask.defined()) return x.mean(1);
     auto valid = mask.unsqueeze(-1).to(x.scalar_type());
     return (x * valid).sum(1) / valid.sum(1).clamp_min(1);
   }
-  check_choice("pool: how", how, {"mean", "last"});
+  check_choice("pool: how", how, {"mean", "last", "none"});
   if (!mask.defined()) return x.select(1, -1);
   auto last = torch::where(mask, mask.to(torch::kLong).cumsum(1) - 1, -1).amax(1).clamp_min(0);
   return x.gather(1, last.view({-1, 1, 1}).expand({-1, 1, x.size(-1)})).squeeze(1);
@@ -202,7 +224,9 @@ LRUModelImpl::LRUModelImpl(LRUModelOptions options_) : options(std::move(options
 
 void LRUModelImpl::reset() {
   const auto& o = options;
-  check_choice("LRUModel: pooling", o.pooling(), {"mean", "last"});
+  check_choice("LRUModel: pooling", o.pooling(), {"mean", "last", "none"});
+  TORCH_CHECK(!(o.dual() && o.pooling() == "none"),
+              "LRUModel: a dual model classifies pairs of pooled sequences; pooling \"none\" has no pair");
   for (const auto& [name, value] : {std::pair<const char*, int64_t>{"d_output", o.d_output()},
                                     {"d_model", o.d_model()},
                                     {"d_state", o.block().recurrence().d_state()},
@@ -279,6 +303,94 @@ torch::Tensor LRUModelImpl::forward(const torch::Tensor& x, const torch::Tensor&
   auto both = encode(torch::cat({x, x2}), mask.defined() ? torch::cat({mask, mask2}) : torch::Tensor());
   auto halves = both.chunk(2);
   return retrieval_head(halves[0], halves[1]);
+}
+
+}  // namespace torch_lru
+
+namespace torch_lru {
+
+void LRUModelImpl::check_streaming() const {
+  TORCH_CHECK(!options.block().recurrence().bidirectional(),
+              "LRUModel::step: a bidirectional model needs the whole sequence (its reverse direction reads the "
+              "future); streaming needs bidirectional = false");
+  TORCH_CHECK(!options.dual(), "LRUModel::step: a dual model compares two whole sequences; it does not stream");
+}
+
+std::vector<torch::Tensor> LRUModelImpl::init_state(int64_t batch) {
+  check_streaming();
+  std::vector<torch::Tensor> state;
+  for (const auto& block : *blocks) {
+    if (auto* hawk = block->as<HawkBlock>()) {
+      state.push_back(hawk->init_state(batch));
+    } else {
+      state.push_back(block->as<LRUBlock>()->init_state(batch));
+    }
+  }
+  const auto& ref = options.dual() ? retrieval_head->out->weight : decoder->weight;
+  state.push_back(torch::zeros({batch, options.d_model()}, ref.options()));
+  state.push_back(torch::zeros({batch}, ref.options()));
+  return state;
+}
+
+std::tuple<torch::Tensor, std::vector<torch::Tensor>> LRUModelImpl::step(const torch::Tensor& x_t,
+                                                                         std::vector<torch::Tensor> state,
+                                                                         const torch::Tensor& mask_t) {
+  check_streaming();
+  const auto& o = options;
+  const int64_t n = static_cast<int64_t>(blocks->size());
+  if (o.vocab_size() > 0) {
+    TORCH_CHECK(x_t.dim() == 1 && !x_t.is_floating_point() && !x_t.is_complex(),
+                "LRUModel::step: x_t must be token ids (B,), got ", x_t.sizes(), " ", x_t.scalar_type());
+    if (x_t.numel() > 0) {
+      const auto [low, high] = x_t.aminmax();
+      const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < o.vocab_size(), "LRUModel::step: x_t holds token ids in [", lo, ", ", hi,
+                  "], outside [0, vocab_size = ", o.vocab_size(), ")");
+    }
+  } else {
+    TORCH_CHECK(x_t.dim() == 2 && x_t.size(1) == o.d_input(), "LRUModel::step: x_t must be features (B, ", o.d_input(),
+                "), got ", x_t.sizes());
+  }
+  if (state.empty()) state = init_state(x_t.size(0));
+  TORCH_CHECK(static_cast<int64_t>(state.size()) == n + 2, "LRUModel::step: the state holds ", state.size(),
+              " tensors, expected ", n + 2,
+              " (one per block, the pooled features, the count); make it with init_state");
+  if (mask_t.defined()) {
+    TORCH_CHECK(mask_t.scalar_type() == torch::kBool && mask_t.dim() == 1 && mask_t.size(0) == x_t.size(0),
+                "LRUModel::step: mask_t must be bool (B,) = (", x_t.size(0), ",), got ", mask_t.scalar_type(), " ",
+                mask_t.sizes());
+  }
+  auto z = o.vocab_size() > 0 ? embedding(x_t) : input_linear(x_t);
+  std::vector<torch::Tensor> next;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& block = (*blocks)[i];
+    auto [y, s] =
+        block->as<HawkBlock>() ? block->as<HawkBlock>()->step(z, state[i]) : block->as<LRUBlock>()->step(z, state[i]);
+    z = y;
+    next.push_back(s);
+  }
+  auto pooled = state[n], count = state[n + 1];
+  auto valid = mask_t.defined() ? mask_t.to(count.scalar_type()) : torch::ones_like(count);
+  if (o.pooling() == "mean") {
+    pooled = pooled + z * valid.unsqueeze(-1);
+  } else if (o.pooling() == "last") {
+    pooled = torch::where(valid.unsqueeze(-1) > 0, z, pooled);
+  } else {
+    pooled = z;
+  }
+  count = count + valid;
+  if (mask_t.defined()) {  // padding leaves every state as it was
+    auto keep = mask_t.logical_not();
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<int64_t> shape(next[i].dim(), 1);
+      shape[0] = -1;
+      next[i] = torch::where(keep.view(shape), state[i], next[i]);
+    }
+  }
+  auto features = o.pooling() == "mean" ? pooled / count.clamp_min(1).unsqueeze(-1) : pooled;
+  next.push_back(pooled);
+  next.push_back(count);
+  return {decoder(features), next};
 }
 
 }  // namespace torch_lru

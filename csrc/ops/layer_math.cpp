@@ -241,6 +241,47 @@ at::Tensor tanh_rnn(const at::Tensor& u, const std::optional<at::Tensor>& mask, 
   return at::linear(states, W_out) + D * u;
 }
 
+std::tuple<at::Tensor, at::Tensor> diagonal_step(const at::Tensor& u_t, const std::string& layer,
+                                                 const std::vector<at::Tensor>& params, const at::Tensor& C_re,
+                                                 const at::Tensor& C_im, const std::optional<at::Tensor>& D,
+                                                 const std::optional<at::Tensor>& state) {
+  auto [lam, b_re, b_im] = diagonal_discretise(layer, params);
+  return diag_step(u_t, lam, b_re, b_im, C_re, C_im, D, state);
+}
+
+std::tuple<at::Tensor, at::Tensor> dense_step(const at::Tensor& u_t, const at::Tensor& A, const at::Tensor& B,
+                                              const at::Tensor& C, const at::Tensor& D,
+                                              const std::optional<at::Tensor>& state) {
+  const char* op = "torch_lru::dense_step";
+  TORCH_CHECK(u_t.dim() == 2 && A.dim() == 2 && B.dim() == 2 && B.size(1) == u_t.size(1) && B.size(0) == A.size(0), op,
+              ": expected u_t (B, H) and B (N, H), got u_t ", u_t.sizes(), " and B ", B.sizes());
+  auto x = at::linear(u_t, B);
+  if (state.has_value() && state->defined()) {
+    TORCH_CHECK(state->sizes() == x.sizes(), op, ": state must have shape (B, N) = ", x.sizes(), ", got ",
+                state->sizes());
+    x = at::linear(*state, A) + x;
+  }
+  return {at::linear(x, C) + D * u_t, x};
+}
+
+std::tuple<at::Tensor, at::Tensor> tanh_rnn_step(const at::Tensor& u_t, const std::vector<at::Tensor>& weights,
+                                                 const at::Tensor& W_out, const at::Tensor& D,
+                                                 const std::optional<at::Tensor>& state) {
+  const char* op = "torch_lru::tanh_rnn_step";
+  TORCH_CHECK(weights.size() == 4, op, ": expected w_ih, w_hh, b_ih, b_hh of one direction, got ", weights.size(),
+              " weights");
+  TORCH_CHECK(u_t.dim() == 2 && u_t.size(1) == weights[0].size(1), op, ": u_t must have shape (B, ", weights[0].size(1),
+              "), got ", u_t.sizes());
+  auto pre = at::linear(u_t, weights[0], weights[2]) + weights[3];
+  if (state.has_value() && state->defined()) {
+    TORCH_CHECK(state->sizes() == pre.sizes(), op, ": state must have shape (B, N) = ", pre.sizes(), ", got ",
+                state->sizes());
+    pre = pre + at::linear(*state, weights[1]);
+  }
+  auto h = at::tanh(pre);
+  return {at::linear(h, W_out) + D * u_t, h};
+}
+
 namespace {
 
 std::vector<at::Tensor> layer_init_op(c10::string_view layer, int64_t d_model, int64_t d_state, double r_min,
@@ -287,6 +328,11 @@ TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
       "bool reverse) -> Tensor");
   m.def("dense_recurrence(Tensor u, Tensor A, Tensor B, Tensor C, Tensor? mask, bool reverse) -> Tensor");
   m.def(
+      "diagonal_step(Tensor u_t, str layer, Tensor[] params, Tensor C_re, Tensor C_im, Tensor? D, "
+      "Tensor? state=None) -> (Tensor, Tensor)");
+  m.def("dense_step(Tensor u_t, Tensor A, Tensor B, Tensor C, Tensor D, Tensor? state=None) -> (Tensor, Tensor)");
+  m.def("tanh_rnn_step(Tensor u_t, Tensor[] weights, Tensor W_out, Tensor D, Tensor? state=None) -> (Tensor, Tensor)");
+  m.def(
       "tanh_rnn(Tensor u, Tensor? mask, Tensor[] weights, bool bidirectional, bool train, Tensor W_out, Tensor D) "
       "-> Tensor");
 }
@@ -298,6 +344,15 @@ TORCH_LIBRARY_IMPL(torch_lru, CompositeImplicitAutograd, m) {
   m.impl("diagonal_forward", &diagonal_forward_op);
   m.impl("dense_recurrence", &dense_recurrence);
   m.impl("tanh_rnn", &tanh_rnn_op);
+  m.impl("diagonal_step",
+         [](const at::Tensor& u_t, c10::string_view layer, at::TensorList params, const at::Tensor& C_re,
+            const at::Tensor& C_im, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& state) {
+           return diagonal_step(u_t, std::string(layer), params.vec(), C_re, C_im, D, state);
+         });
+  m.impl("dense_step", &dense_step);
+  m.impl("tanh_rnn_step",
+         [](const at::Tensor& u_t, at::TensorList weights, const at::Tensor& W_out, const at::Tensor& D,
+            const std::optional<at::Tensor>& state) { return tanh_rnn_step(u_t, weights.vec(), W_out, D, state); });
 }
 
 }  // namespace torch_lru

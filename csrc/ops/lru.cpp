@@ -209,20 +209,71 @@ std::tuple<at::Tensor, at::Tensor> diag_recurrence_composite(const at::Tensor& u
                         B_re, H, N);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lru_step_weights_composite(
+    const at::Tensor& nu_log, const at::Tensor& theta_log, const at::Tensor& gamma_log, const at::Tensor& B_re,
+    const at::Tensor& B_im, const at::Tensor& C_re, const at::Tensor& C_im) {
+  const std::optional<at::Tensor> no_D;
+  const Params p{nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, no_D};
+  const auto [H, N] = check_params("torch_lru::lru_step_weights", p);
+  return {eigenvalues(p), input_weight(p, at::exp(gamma_log), H), output_weight(p, H)};
+}
+
+std::tuple<at::Tensor, at::Tensor> lru_step_packed_composite(const at::Tensor& u_t, const at::Tensor& lam,
+                                                             const at::Tensor& W_in, const at::Tensor& W_out,
+                                                             const std::optional<at::Tensor>& D,
+                                                             const std::optional<at::Tensor>& state) {
+  const char* op = "torch_lru::lru_step_packed";
+  TORCH_CHECK(lam.defined() && lam.dim() == 1 && lam.is_complex(), op, ": lam must be complex (N,), got ",
+              lam.defined() ? lam.sym_sizes() : c10::SymIntArrayRef());
+  const c10::SymInt N = lam.sym_size(0);
+  TORCH_CHECK(W_in.defined() && W_in.dim() == 2 && W_in.sym_size(0) == 2 * N, op, ": W_in must have shape (2N, H) = (",
+              2 * N, ", H), got ", W_in.defined() ? W_in.sym_sizes() : c10::SymIntArrayRef());
+  const c10::SymInt H = W_in.sym_size(1);
+  TORCH_CHECK(W_out.defined() && W_out.dim() == 2 && W_out.sym_size(0) == H && W_out.sym_size(1) == 2 * N, op,
+              ": W_out must have shape (H, 2N) = (", H, ", ", 2 * N, "), got ",
+              W_out.defined() ? W_out.sym_sizes() : c10::SymIntArrayRef());
+  check_input(op, u_t, W_in, H, 2, "(B, H)");
+  auto x = project_in(u_t, W_in, W_in.scalar_type(), N);
+  if (has(state)) {
+    check_state(op, *state, W_in, u_t.sym_size(0), N);
+    x = lam * *state + x;
+  }
+  return {project_out(x, u_t, W_out, D), x};
+}
+
 std::tuple<at::Tensor, at::Tensor> lru_step_composite(const at::Tensor& u_t, const at::Tensor& nu_log,
                                                       const at::Tensor& theta_log, const at::Tensor& gamma_log,
                                                       const at::Tensor& B_re, const at::Tensor& B_im,
                                                       const at::Tensor& C_re, const at::Tensor& C_im,
                                                       const std::optional<at::Tensor>& D,
                                                       const std::optional<at::Tensor>& state) {
-  const char* op = "torch_lru::lru_step";
   const Params p{nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D};
-  const auto [H, N] = check_params(op, p);
-  check_input(op, u_t, nu_log, H, 2, "(B, H)");
-  auto x = project_in(u_t, input_weight(p, at::exp(gamma_log), H), nu_log.scalar_type(), N);
+  const auto [H, N] = check_params("torch_lru::lru_step", p);
+  auto [lam, W_in, W_out] = lru_step_weights_composite(nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im);
+  return lru_step_packed_composite(u_t, lam, W_in, W_out, D, state);
+}
+
+std::tuple<at::Tensor, at::Tensor> diag_step_composite(const at::Tensor& u_t, const at::Tensor& lam,
+                                                       const at::Tensor& B_re, const at::Tensor& B_im,
+                                                       const at::Tensor& C_re, const at::Tensor& C_im,
+                                                       const std::optional<at::Tensor>& D,
+                                                       const std::optional<at::Tensor>& state) {
+  const char* op = "torch_lru::diag_step";
+  TORCH_CHECK(lam.defined() && lam.dim() == 1, op, ": lam must have shape (N,), got ",
+              lam.defined() ? lam.sym_sizes() : c10::SymIntArrayRef());
+  TORCH_CHECK(B_re.defined(), op, ": B_re must be a defined tensor");
+  const auto complex_type = c10::toComplexType(B_re.scalar_type());
+  TORCH_CHECK(lam.scalar_type() == complex_type && lam.device() == B_re.device(), op, ": lam must be ", complex_type,
+              " on ", B_re.device(), " (B_re is ", B_re.scalar_type(), "), got ", lam.scalar_type(), " on ",
+              lam.device());
+  const at::Tensor none;
+  const Params p{none, none, none, B_re, B_im, C_re, C_im, D};
+  const auto [H, N] = check_projections(op, "B_re", B_re, lam.sym_size(0), p);
+  check_input(op, u_t, B_re, H, 2, "(B, H)");
+  auto x = project_in(u_t, input_weight(p, at::Tensor(), H), B_re.scalar_type(), N);
   if (has(state)) {
-    check_state(op, *state, nu_log, u_t.sym_size(0), N);
-    x = eigenvalues(p) * *state + x;
+    check_state(op, *state, B_re, u_t.sym_size(0), N);
+    x = lam * *state + x;
   }
   return {project_out(x, u_t, output_weight(p, H), D), x};
 }
@@ -305,6 +356,34 @@ std::tuple<at::Tensor, at::Tensor> lru_step(const at::Tensor& u_t, const at::Ten
   return op.call(u_t, nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im, D, state);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lru_step_weights(const at::Tensor& nu_log, const at::Tensor& theta_log,
+                                                                const at::Tensor& gamma_log, const at::Tensor& B_re,
+                                                                const at::Tensor& B_im, const at::Tensor& C_re,
+                                                                const at::Tensor& C_im) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::lru_step_weights", "")
+                       .typed<decltype(lru_step_weights)>();
+  return op.call(nu_log, theta_log, gamma_log, B_re, B_im, C_re, C_im);
+}
+
+std::tuple<at::Tensor, at::Tensor> lru_step_packed(const at::Tensor& u_t, const at::Tensor& lam, const at::Tensor& W_in,
+                                                   const at::Tensor& W_out, const std::optional<at::Tensor>& D,
+                                                   const std::optional<at::Tensor>& state) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::lru_step_packed", "")
+                       .typed<decltype(lru_step_packed)>();
+  return op.call(u_t, lam, W_in, W_out, D, state);
+}
+
+std::tuple<at::Tensor, at::Tensor> diag_step(const at::Tensor& u_t, const at::Tensor& lam, const at::Tensor& B_re,
+                                             const at::Tensor& B_im, const at::Tensor& C_re, const at::Tensor& C_im,
+                                             const std::optional<at::Tensor>& D,
+                                             const std::optional<at::Tensor>& state) {
+  static auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("torch_lru::diag_step", "").typed<decltype(diag_step)>();
+  return op.call(u_t, lam, B_re, B_im, C_re, C_im, D, state);
+}
+
 TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
   m.def("eigenvalues(Tensor nu_log, Tensor theta_log) -> Tensor");
   m.def(
@@ -319,6 +398,15 @@ TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
   m.def(
       "lru_step(Tensor u_t, Tensor nu_log, Tensor theta_log, Tensor gamma_log, Tensor B_re, Tensor B_im, "
       "Tensor C_re, Tensor C_im, Tensor? D, Tensor? state=None) -> (Tensor, Tensor)");
+  m.def(
+      "lru_step_weights(Tensor nu_log, Tensor theta_log, Tensor gamma_log, Tensor B_re, Tensor B_im, Tensor C_re, "
+      "Tensor C_im) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "lru_step_packed(Tensor u_t, Tensor lam, Tensor W_in, Tensor W_out, Tensor? D, Tensor? state=None) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "diag_step(Tensor u_t, Tensor lam, Tensor B_re, Tensor B_im, Tensor C_re, Tensor C_im, Tensor? D, "
+      "Tensor? state=None) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(torch_lru, CompositeImplicitAutograd, m) {
@@ -327,6 +415,9 @@ TORCH_LIBRARY_IMPL(torch_lru, CompositeImplicitAutograd, m) {
   m.impl("lru", &lru_composite);
   m.impl("diag_recurrence", &diag_recurrence_composite);
   m.impl("lru_step", &lru_step_composite);
+  m.impl("diag_step", &diag_step_composite);
+  m.impl("lru_step_weights", &lru_step_weights_composite);
+  m.impl("lru_step_packed", &lru_step_packed_composite);
 }
 
 }  // namespace torch_lru

@@ -20,10 +20,9 @@ from .layers import LRU, LayerOptions, eigenvalues, make_layer  # noqa: F401  (L
 from .layers.lru import DIRECTION_PARAMETERS, REVERSE_SUFFIX  # noqa: F401  (re-exported)
 
 NORM_KINDS = ("batch", "layer", "rms")
-POOLINGS = ("mean", "last")
+# "none": the per-step outputs (B, L, d_output), for sequence labelling and causal next-token models.
+POOLINGS = ("mean", "last", "none")
 BLOCKS = ("lru", "hawk")
-# Layers that run token by token (step) and carry a state between calls.
-STEPPING_LAYERS = ("lru", "rglru")
 # Hawk's gated MLP widens the model by this factor (Griffin paper, section 2.2: M = 3).
 MLP_EXPANSION = 3
 
@@ -165,9 +164,31 @@ class LRUBlock(nn.Module):
         x = x + self._mix((self.lru if self.layer == "lru" else self.rnn)(z, mask=mask))
         return x if self.prenorm else self.norm(x, mask)
 
+    def init_state(self, batch: int) -> torch.Tensor:
+        """The recurrent layer's zero state for ``batch`` rows."""
+        return (self.lru if self.layer == "lru" else self.rnn).init_state(batch)
+
     def step(self, x_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token ``x_t`` (B, H) -> ``(y_t, new_state)`` (norms use their running statistics)."""
         check_steps(self, "LRUBlock")
+        if self.layer == "lru" and not (self.training and self.dropout.p > 0):
+            # One op for the whole block (torch_lru::lru_block_step): one dispatch per token and block.
+            n = self.norm
+            stats = (n.running_mean, n.running_var) if n.kind == "batch" else (None, None)
+            return torch.ops.torch_lru.lru_block_step(
+                x_t,
+                n.kind,
+                n.weight,
+                getattr(n, "bias", None),
+                *stats,
+                n.eps,
+                self.prenorm,
+                *self.lru.step_weights(),
+                self.lru.D,
+                self.glu.weight,
+                self.glu.bias,
+                state,
+            )
         norm = lambda t: self.norm(t.unsqueeze(1)).squeeze(1)  # noqa: E731
         z = norm(x_t) if self.prenorm else x_t
         y, state = (self.lru if self.layer == "lru" else self.rnn).step(z, state)
@@ -176,11 +197,6 @@ class LRUBlock(nn.Module):
 
 
 def check_steps(block: nn.Module, name: str) -> None:
-    if block.layer not in STEPPING_LAYERS:
-        raise ValueError(
-            f"{name}.step: the layers that step token by token are {', '.join(STEPPING_LAYERS)}; "
-            f"this block's layer is {block.layer!r}"
-        )
     norms = [m for m in block.modules() if isinstance(m, SequenceNorm)]
     if block.training and any(m.kind == "batch" for m in norms):
         raise ValueError(f"{name}.step: BatchNorm needs running statistics; call .eval() first")
@@ -223,6 +239,10 @@ class HawkBlock(nn.Module):
         x = self._residual(x, lambda z: self.dropout(layer(z, mask=mask)), lambda t: self.norm(t, mask))
         return self._residual(x, self._mlp, lambda t: self.mlp_norm(t, mask))
 
+    def init_state(self, batch: int) -> torch.Tensor:
+        """The recurrent layer's zero state for ``batch`` rows."""
+        return (self.lru if self.layer == "lru" else self.rnn).init_state(batch)
+
     def step(self, x_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token ``x_t`` (B, H) -> ``(y_t, new_state)`` (norms use their running statistics)."""
         check_steps(self, "HawkBlock")
@@ -256,7 +276,10 @@ class RetrievalHead(nn.Module):
 
 
 def pool(x: torch.Tensor, mask: Optional[torch.Tensor], how: str) -> torch.Tensor:
-    """(B, L, H) -> (B, H): mean over the valid positions, or the last valid position."""
+    """(B, L, H) -> (B, H): mean over the valid positions, or the last valid position; "none" keeps
+    every position (B, L, H)."""
+    if how == "none":
+        return x
     if how == "mean":
         if mask is None:
             return x.mean(1)
@@ -279,7 +302,11 @@ class LRUModel(nn.Module):
     chooses the residual block: "lru" (:class:`LRUBlock`, the LRU paper's) or "hawk"
     (:class:`HawkBlock`, Griffin's, usually with ``layer="rglru"`` and ``norm="rms"``).
     ``gate_blocks``, ``a_min`` and ``a_max`` are the ``rglru`` layer's (see
-    :class:`~torch_lru.layers.RGLRU`).
+    :class:`~torch_lru.layers.RGLRU`). ``pooling="none"`` gives per-step logits (B, L, d_output).
+
+    A unidirectional model also runs token by token: ``state = model.init_state(batch)``, then
+    ``logits, state = model.step(x_t, state)`` per token; after the last token the logits equal
+    ``model(x)``'s (the pooling is carried in the state).
     """
 
     def __init__(
@@ -320,6 +347,8 @@ class LRUModel(nn.Module):
             )
         if not 0 <= dropout < 1:
             raise ValueError(f"LRUModel: dropout must be in [0, 1), got {dropout}")
+        if dual and pooling == "none":
+            raise ValueError("LRUModel: a dual model classifies pairs of pooled sequences; pooling='none' has no pair")
         self.vocab_size, self.d_input, self.pooling, self.dual = vocab_size, d_input, pooling, dual
         self.encoder = nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)
         self.block_options = BlockOptions.from_flat(
@@ -394,3 +423,57 @@ class LRUModel(nn.Module):
         both = self.encode(torch.cat([x, x2]), None if mask is None else torch.cat([mask, mask2]))
         a, b = both.chunk(2)
         return self.decoder(a, b)
+
+    def _check_streaming(self) -> None:
+        if self.block_options.layer.bidirectional:
+            raise ValueError(
+                "LRUModel.step: a bidirectional model needs the whole sequence (its reverse direction reads the "
+                "future); streaming needs bidirectional=False"
+            )
+        if self.dual:
+            raise ValueError("LRUModel.step: a dual model compares two whole sequences; it does not stream")
+
+    def init_state(self, batch: int) -> list:
+        """The state before the first token: each block's zero state, then the pooling's running
+        sum (mean) or last output (last) (batch, d_model), then the count of valid steps (batch,)."""
+        self._check_streaming()
+        ref = self.decoder.weight
+        pooled = torch.zeros(batch, self.block_options.layer.d_model, dtype=ref.dtype, device=ref.device)
+        count = torch.zeros(batch, dtype=ref.dtype, device=ref.device)
+        return [block.init_state(batch) for block in self.blocks] + [pooled, count]
+
+    def step(
+        self, x_t: torch.Tensor, state: Optional[list] = None, mask_t: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, list]:
+        """One token -> ``(logits (B, d_output), new_state)``: the logits of the sequence so far (for
+        ``pooling="none"``, this token's). ``x_t``: token ids (B,) or features (B, d_input); ``state``
+        from :meth:`init_state` or the previous step (None: a fresh one); ``mask_t`` (B,) bool,
+        false where this token is padding (that row's state is kept as it was)."""
+        self._check_streaming()
+        self._check(x_t.unsqueeze(1), None if mask_t is None else mask_t.unsqueeze(1), "x_t")
+        if state is None:
+            state = self.init_state(x_t.shape[0])
+        if len(state) != len(self.blocks) + 2:
+            raise ValueError(
+                f"LRUModel.step: the state holds {len(state)} tensors, expected {len(self.blocks) + 2} "
+                "(one per block, the pooled features, the count); make it with init_state"
+            )
+        z = self.encoder(x_t)
+        new_state = []
+        for block, block_state in zip(self.blocks, state):
+            z, s = block.step(z, block_state)
+            new_state.append(s)
+        pooled, count = state[-2], state[-1]
+        valid = torch.ones_like(count) if mask_t is None else mask_t.to(count.dtype)
+        if self.pooling == "mean":
+            pooled = pooled + z * valid.unsqueeze(-1)
+        elif self.pooling == "last":
+            pooled = torch.where(valid.unsqueeze(-1) > 0, z, pooled)
+        else:
+            pooled = z
+        count = count + valid
+        if mask_t is not None:  # padding leaves every state as it was
+            keep = mask_t.logical_not()
+            new_state = [torch.where(keep.view(-1, *[1] * (s.dim() - 1)), old, s) for old, s in zip(state, new_state)]
+        features = pooled / count.clamp_min(1).unsqueeze(-1) if self.pooling == "mean" else pooled
+        return self.decoder(features), new_state + [pooled, count]

@@ -225,11 +225,49 @@ TEST(HawkBlock, StepMatchesForward) {
     EXPECT_TRUE(torch::allclose(torch::stack(steps, 1), block->forward(x), 0, 1e-10)) << "prenorm " << prenorm;
     EXPECT_EQ(block->mlp_up->options.out_features(), 24);
   }
-  torch_lru::LRUBlockOptions tanh(torch_lru::LRUOptions(8, 12));
-  tanh.layer("tanh_rnn").block("hawk");
-  torch_lru::HawkBlock block(tanh);
+  torch_lru::LRUBlockOptions both_ways(torch_lru::LRUOptions(8, 12).bidirectional(true));
+  both_ways.layer("tanh_rnn").block("hawk");
+  torch_lru::HawkBlock block(both_ways);
   block->eval();
   EXPECT_THROW(block->step(torch::randn({1, 8})), c10::Error);
+}
+
+// Streaming: after the last token, LRUModel::step's logits equal forward's, for every layer, both
+// blocks and every pooling, with padding (per-step logits at valid positions for "none").
+TEST(LRUModel, StreamedLogitsEqualTheWholeSequence) {
+  for (const auto& layer : torch_lru::layer_names()) {
+    for (const std::string block : {"lru", "hawk"}) {
+      for (const std::string pooling : {"mean", "last", "none"}) {
+        SCOPED_TRACE(layer + " / " + block + " / " + pooling);
+        torch::manual_seed(0);
+        torch_lru::LRUModel model(torch_lru::LRUModelOptions(4, 12, 8)
+                                      .n_layers(2)
+                                      .vocab_size(9)
+                                      .layer(layer)
+                                      .block_kind(block)
+                                      .pooling(pooling)
+                                      .norm(block == "hawk" ? "rms" : "layer"));
+        model->to(torch::kDouble);
+        model->eval();
+        torch::NoGradGuard no_grad;
+        auto x = torch::randint(9, {3, 11}, torch::kLong);
+        auto mask = torch::arange(11).unsqueeze(0) < torch::tensor({11, 6, 1}).unsqueeze(1);
+        auto whole = model(x, mask);
+        auto state = model->init_state(3);
+        torch::Tensor logits;
+        for (int64_t t = 0; t < 11; ++t) {
+          std::tie(logits, state) = model->step(x.select(1, t), state, mask.select(1, t));
+          if (pooling == "none") {
+            auto valid = mask.select(1, t);
+            EXPECT_TRUE(torch::allclose(logits.index({valid}), whole.select(1, t).index({valid}), 0, 1e-10));
+          }
+        }
+        if (pooling != "none") EXPECT_TRUE(torch::allclose(logits, whole, 0, 1e-10));
+      }
+    }
+  }
+  torch_lru::LRUModel both(torch_lru::LRUModelOptions(2, 8, 4).vocab_size(5).bidirectional(true));
+  EXPECT_THROW(both->init_state(1), c10::Error);
 }
 
 TEST(LRUModel, CheckpointRoundTripAndClone) {
@@ -279,7 +317,7 @@ TEST(Modules, BadOptionsAndInputsRaiseErrors) {
   expect_error([] { torch_lru::LRU(4, 0); }, "d_state must be positive, got 0");
   expect_error([] { torch_lru::LRU(torch_lru::LRUOptions(4, 4).r_min(0.9).r_max(0.5)); }, "r_min <= r_max");
   expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).pooling("max")); },
-               "pooling must be one of {mean, last}, got \"max\"");
+               "pooling must be one of {mean, last, none}, got \"max\"");
   expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).norm("group")); },
                "kind must be one of {batch, layer, rms}");
   torch_lru::LRU layer(4, 3);
@@ -306,13 +344,9 @@ TEST(Modules, BadOptionsAndInputsRaiseErrors) {
   expect_error(
       [] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).layer("gru")); },
       "unknown recurrent layer 'gru'; the layers are tanh_rnn, linear_dense, diag_complex, diag_exp, lru, s5, s4d");
-  torch_lru::LRUBlock block(torch_lru::LRUBlockOptions(4, 3).layer("s5"));
+  torch_lru::LRUBlock block(torch_lru::LRUBlockOptions(torch_lru::LRUOptions(4, 3).bidirectional(true)).layer("s5"));
   block->eval();
-  expect_error(
-      [&] {
-        block->step(torch::randn({2, 4}));
-      },
-      "the layers that step token by token are lru, rglru; this block's layer is 's5'");
+  expect_error([&] { block->step(torch::randn({2, 4})); }, "s5: a bidirectional layer cannot run step by step");
   expect_error([] { torch_lru::LRUModel(torch_lru::LRUModelOptions(2).block_kind("griffin")); },
                "LRUModel: block must be one of {lru, hawk}, got \"griffin\"");
 }

@@ -77,4 +77,19 @@ at::Tensor dense_recurrence(const at::Tensor& u, const at::Tensor& A, const at::
 at::Tensor tanh_rnn(const at::Tensor& u, const std::optional<at::Tensor>& mask, const std::vector<at::Tensor>& weights,
                     bool bidirectional, bool train, const at::Tensor& W_out, const at::Tensor& D);
 
+// One token u_t (B, H) of one direction of a layer -> (y_t (B, H), new state (B, N)); the state is
+// complex for the diagonal layers, real for linear_dense and tanh_rnn (undefined: zero). Stepping
+// through a sequence gives the layer's forward outputs to rounding.
+std::tuple<at::Tensor, at::Tensor> diagonal_step(const at::Tensor& u_t, const std::string& layer,
+                                                 const std::vector<at::Tensor>& params, const at::Tensor& C_re,
+                                                 const at::Tensor& C_im, const std::optional<at::Tensor>& D,
+                                                 const std::optional<at::Tensor>& state = std::nullopt);
+std::tuple<at::Tensor, at::Tensor> dense_step(const at::Tensor& u_t, const at::Tensor& A, const at::Tensor& B,
+                                              const at::Tensor& C, const at::Tensor& D,
+                                              const std::optional<at::Tensor>& state = std::nullopt);
+// weights: w_ih, w_hh, b_ih, b_hh of the forward direction (torch's order).
+std::tuple<at::Tensor, at::Tensor> tanh_rnn_step(const at::Tensor& u_t, const std::vector<at::Tensor>& weights,
+                                                 const at::Tensor& W_out, const at::Tensor& D,
+                                                 const std::optional<at::Tensor>& state = std::nullopt);
+
 }  // namespace torch_lru

@@ -54,6 +54,11 @@ class LRUImpl : public torch::nn::Cloneable<LRUImpl> {
                                                               const torch::Tensor& mask = {});
   // One token u_t (B, H) -> (y_t, new state). Unidirectional layers only.
   std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  // The zero state (batch, N), complex.
+  torch::Tensor init_state(int64_t batch) const;
+  // (lam, W_in, W_out) of lru_step_weights. Without autograd (GradMode off) they are packed once and
+  // kept until a parameter changes (its storage or version), so a stream of steps packs them once.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> step_weights() const;
   // lambda (N,), complex.
   torch::Tensor eigenvalues(bool reverse = false) const;
 
@@ -69,6 +74,11 @@ class LRUImpl : public torch::nn::Cloneable<LRUImpl> {
                                                const torch::Tensor& mask);
   Direction forward_, reverse_;
   torch::Tensor D_;
+  mutable std::vector<std::pair<const void*, uint32_t>> packed_key_;
+  mutable std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> packed_;
+
+ public:
+  const torch::Tensor& D() const { return D_; }
 };
 TORCH_MODULE(LRU);
 
@@ -80,6 +90,9 @@ class DiagonalLayerImpl : public torch::nn::Cloneable<DiagonalLayerImpl> {
   torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
   // (lambda (N,) complex, B_re (N, H), B_im (N, H)) of one direction.
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> discretised(bool reverse) const;
+  // One token u_t (B, H) -> (y_t, new state (B, N) complex). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  torch::Tensor init_state(int64_t batch) const;
 
   std::string kind;
   LRUOptions options;
@@ -96,6 +109,9 @@ class TanhRNNImpl : public torch::nn::Cloneable<TanhRNNImpl> {
   TanhRNNImpl(int64_t d_model, int64_t d_state, bool bidirectional);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+  // One token u_t (B, H) -> (y_t, new state (B, N)). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  torch::Tensor init_state(int64_t batch) const;
 
   int64_t d_model, d_state;
   bool bidirectional;
@@ -111,6 +127,9 @@ class LinearDenseImpl : public torch::nn::Cloneable<LinearDenseImpl> {
   LinearDenseImpl(int64_t d_model, int64_t d_state, bool bidirectional);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& u, const torch::Tensor& mask = {});
+  // One token u_t (B, H) -> (y_t, new state (B, N)). Unidirectional layers only.
+  std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& u_t, const torch::Tensor& state = {});
+  torch::Tensor init_state(int64_t batch) const;
 
   int64_t d_model, d_state;
   bool bidirectional;
@@ -143,6 +162,12 @@ class RGLRUImpl : public torch::nn::Cloneable<RGLRUImpl> {
   std::vector<torch::Tensor> params() const;
 };
 TORCH_MODULE(RGLRU);
+
+// One token through any of the layers above, held in `layer` (what make_layer returns):
+// (y_t, new state), and the layer's zero state.
+std::tuple<torch::Tensor, torch::Tensor> step_layer(torch::nn::AnyModule& layer, const torch::Tensor& u_t,
+                                                    const torch::Tensor& state);
+torch::Tensor init_layer_state(torch::nn::AnyModule& layer, int64_t batch);
 
 // The layer called `name` (one of layer_names() but "lru": a block holds the LRU itself, as the
 // submodule "lru"), built from the options that apply to it.

@@ -71,4 +71,22 @@ std::tuple<at::Tensor, at::Tensor> lru_step(const at::Tensor& u_t, const at::Ten
                                             const at::Tensor& C_im, const std::optional<at::Tensor>& D,
                                             const std::optional<at::Tensor>& state = std::nullopt);
 
+// The step's weights packed once for a stream of steps: (lam (N,) complex, W_in (2N, H), W_out
+// (H, 2N)), W_in holding exp(gamma_log) * B with its real and imaginary rows interleaved and W_out
+// such that Re(C x) = W_out x read as interleaved pairs. lru_step = lru_step_weights, then
+// lru_step_packed; a streaming module packs once per parameter update instead of per token.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lru_step_weights(const at::Tensor& nu_log, const at::Tensor& theta_log,
+                                                                const at::Tensor& gamma_log, const at::Tensor& B_re,
+                                                                const at::Tensor& B_im, const at::Tensor& C_re,
+                                                                const at::Tensor& C_im);
+std::tuple<at::Tensor, at::Tensor> lru_step_packed(const at::Tensor& u_t, const at::Tensor& lam, const at::Tensor& W_in,
+                                                   const at::Tensor& W_out, const std::optional<at::Tensor>& D,
+                                                   const std::optional<at::Tensor>& state = std::nullopt);
+
+// One step of diag_recurrence for u_t (B, H): (y_t (B, H), new state (B, N)).
+std::tuple<at::Tensor, at::Tensor> diag_step(const at::Tensor& u_t, const at::Tensor& lam, const at::Tensor& B_re,
+                                             const at::Tensor& B_im, const at::Tensor& C_re, const at::Tensor& C_im,
+                                             const std::optional<at::Tensor>& D,
+                                             const std::optional<at::Tensor>& state = std::nullopt);
+
 }  // namespace torch_lru

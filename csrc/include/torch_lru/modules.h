@@ -60,8 +60,11 @@ class LRUBlockImpl : public torch::nn::Cloneable<LRUBlockImpl> {
   explicit LRUBlockImpl(LRUBlockOptions options);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
-  // One token x_t (B, H) -> (y_t, new state); norms use their running statistics (eval mode).
+  // One token x_t (B, H) -> (y_t, new state); norms use their running statistics (eval mode). With
+  // the LRU, the whole block is one op (torch_lru/stream.h).
   std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& x_t, const torch::Tensor& state = {});
+  // The layer's zero state for `batch` rows.
+  torch::Tensor init_state(int64_t batch);
 
   LRUBlockOptions options;
   SequenceNorm norm{nullptr};
@@ -85,6 +88,7 @@ class HawkBlockImpl : public torch::nn::Cloneable<HawkBlockImpl> {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {});
   // One token x_t (B, H) -> (y_t, new state); norms use their running statistics (eval mode).
   std::tuple<torch::Tensor, torch::Tensor> step(const torch::Tensor& x_t, const torch::Tensor& state = {});
+  torch::Tensor init_state(int64_t batch);
 
   LRUBlockOptions options;
   SequenceNorm norm{nullptr}, mlp_norm{nullptr};
@@ -123,7 +127,7 @@ struct LRUModelOptions {
   TORCH_ARG(int64_t, n_layers) = 6;
   TORCH_ARG(int64_t, vocab_size) = 0;        // > 0: token inputs through an embedding
   TORCH_ARG(int64_t, d_input) = 1;           // features per step otherwise
-  TORCH_ARG(std::string, pooling) = "mean";  // "mean" or "last"
+  TORCH_ARG(std::string, pooling) = "mean";  // "mean", "last" or "none" (per-step outputs)
   TORCH_ARG(bool, dual) = false;             // two sequences, RetrievalHead
 
  public:
@@ -189,8 +193,19 @@ class LRUModelImpl : public torch::nn::Cloneable<LRUModelImpl> {
   // undefined; x2, mask2: the second sequence of a dual model, of x's shape.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask = {}, const torch::Tensor& x2 = {},
                         const torch::Tensor& mask2 = {});
-  // Inputs -> pooled features (B, d_model).
+  // Inputs -> pooled features (B, d_model) (pooling "none": (B, L, d_model)).
   torch::Tensor encode(const torch::Tensor& x, const torch::Tensor& mask = {});
+
+  // Streaming, for unidirectional models that are not dual: the state before the first token
+  // (each block's zero state, then the pooling's running sum or last output (B, d_model), then
+  // the count of valid steps (B,)), and one token x_t (ids (B,) or features (B, d_input)) ->
+  // (logits of the sequence so far (B, d_output), new state). An empty state means a fresh one;
+  // mask_t (B,) bool false where x_t is padding (that row's state is kept). After the last token
+  // the logits equal forward's.
+  std::vector<torch::Tensor> init_state(int64_t batch);
+  std::tuple<torch::Tensor, std::vector<torch::Tensor>> step(const torch::Tensor& x_t,
+                                                             std::vector<torch::Tensor> state = {},
+                                                             const torch::Tensor& mask_t = {});
 
   LRUModelOptions options;
   torch::nn::Embedding embedding{nullptr};  // registered as "encoder" when vocab_size > 0
@@ -198,10 +213,14 @@ class LRUModelImpl : public torch::nn::Cloneable<LRUModelImpl> {
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::Linear decoder{nullptr};     // registered as "decoder" unless dual
   RetrievalHead retrieval_head{nullptr};  // registered as "decoder" when dual
+
+ private:
+  void check_streaming() const;
 };
 TORCH_MODULE(LRUModel);
 
-// (B, L, H) -> (B, H): the mean over valid positions ("mean") or the last valid position ("last").
+// (B, L, H) -> (B, H): the mean over valid positions ("mean") or the last valid position ("last");
+// "none" returns x.
 torch::Tensor pool(const torch::Tensor& x, const torch::Tensor& mask, const std::string& how);
 
 // Checkpoints: a PyTorch state dict (a plain dict str -> tensor) in torch.save's format, so Python

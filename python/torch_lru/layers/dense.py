@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .diagonal import directions, register_drawn
+from .diagonal import directions, refuse_bidirectional_step, register_drawn
 
 
 class TanhRNN(nn.Module):
@@ -34,6 +34,14 @@ class TanhRNN(nn.Module):
             u, mask, weights, self.rnn.bidirectional, self.training, self.out.weight, self.D
         )
 
+    def init_state(self, batch: int) -> torch.Tensor:
+        return self.D.new_zeros(batch, self.rnn.hidden_size)
+
+    def step(self, u_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token ``u_t`` (B, H) -> ``(y_t, new_state)``, the state (B, N) real."""
+        refuse_bidirectional_step(self.rnn.bidirectional, "TanhRNN")
+        return torch.ops.torch_lru.tanh_rnn_step(u_t, list(self.rnn.all_weights[0]), self.out.weight, self.D, state)
+
 
 class LinearDense(nn.Module):
     """A dense linear RNN: A Glorot-normal (the paper's dense linear RNN), B ~ N(0, 1/H), C ~ N(0, 1/N)."""
@@ -53,3 +61,11 @@ class LinearDense(nn.Module):
             A, B, C = getattr(self, "A" + s), getattr(self, "B" + s), getattr(self, "C" + s)
             y = y + torch.ops.torch_lru.dense_recurrence(u, A, B, C, mask, reverse)
         return y
+
+    def init_state(self, batch: int) -> torch.Tensor:
+        return self.A.new_zeros(batch, self.A.shape[0])
+
+    def step(self, u_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token ``u_t`` (B, H) -> ``(y_t, new_state)``, the state (B, N) real."""
+        refuse_bidirectional_step(self.bidirectional, "LinearDense")
+        return torch.ops.torch_lru.dense_step(u_t, self.A, self.B, self.C, self.D, state)

@@ -15,6 +15,11 @@ def directions(bidirectional: bool) -> tuple:
     return (False, True) if bidirectional else (False,)
 
 
+def refuse_bidirectional_step(bidirectional: bool, name: str) -> None:
+    if bidirectional:
+        raise ValueError(f"{name}: a bidirectional layer cannot run step by step (its reverse half needs the future)")
+
+
 def register_drawn(
     module: nn.Module,
     layer: str,
@@ -75,6 +80,17 @@ class DiagonalLayer(nn.Module):
             )
             y = out if y is None else y + out
         return y
+
+    def init_state(self, batch: int) -> torch.Tensor:
+        """The zero state (batch, N), complex."""
+        return torch.zeros(batch, self.d_state, dtype=self.C_re.dtype.to_complex(), device=self.C_re.device)
+
+    def step(self, u_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token ``u_t`` (B, H) -> ``(y_t, new_state)``; ``state`` (B, N) complex, None means zeros."""
+        refuse_bidirectional_step(self.bidirectional, type(self).__name__)
+        return torch.ops.torch_lru.diagonal_step(
+            u_t, self.kind, self._direction(False), self.C_re, self.C_im, self.D, state
+        )
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, bidirectional={self.bidirectional}"

@@ -109,11 +109,28 @@ class LRU(nn.Module):
             y = y + ops.lru(u, self.direction_parameters(reverse=True), None, None, mask, reverse=True)[0]
         return (y, final_state) if return_state else y
 
+    def init_state(self, batch: int) -> torch.Tensor:
+        """The zero state (batch, N), complex."""
+        return torch.zeros(batch, self.d_state, dtype=self.nu_log.dtype.to_complex(), device=self.nu_log.device)
+
+    def step_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lam, W_in, W_out)`` for :func:`torch_lru.ops.lru_step_packed` (torch_lru::lru_step_weights).
+        Without autograd they are packed once and kept until a parameter changes (its storage or
+        version), so a stream of steps does not repack them per token."""
+        params = self.direction_parameters()
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return torch.ops.torch_lru.lru_step_weights(*params)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if getattr(self, "_packed_key", None) != key:
+            self._packed = torch.ops.torch_lru.lru_step_weights(*params)
+            self._packed_key = key
+        return self._packed
+
     def step(self, u_t: torch.Tensor, state: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token ``u_t`` (B, H) -> ``(y_t, new_state)``; ``state`` None means zeros."""
         if self.bidirectional:
             raise ValueError("LRU: a bidirectional layer cannot run step by step (its reverse half needs the future)")
-        return ops.lru_step(u_t, self.direction_parameters(), self.D, state)
+        return torch.ops.torch_lru.lru_step_packed(u_t, *self.step_weights(), self.D, state)
 
     def extra_repr(self) -> str:
         return (

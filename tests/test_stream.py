@@ -1,0 +1,126 @@
+"""Streaming: LRUModel.step / init_state against the whole-sequence forward for every causal layer,
+block, norm and pooling (with padding), per-step outputs (pooling="none"), the packed step weights
+kept in sync with the parameters, gradients through steps, torch.compile, and refusals."""
+
+import pytest
+import torch
+
+import torch_lru
+from torch_lru.layers import LAYERS
+
+NORMS = ("layer", "batch", "rms")
+
+
+def model_for(layer="lru", block="lru", pooling="mean", norm="layer", prenorm=True, **kw):
+    torch.manual_seed(0)
+    model = torch_lru.LRUModel(
+        4,
+        d_model=12,
+        d_state=8,
+        n_layers=2,
+        vocab_size=kw.pop("vocab_size", 9),
+        layer=layer,
+        block=block,
+        pooling=pooling,
+        norm=norm,
+        prenorm=prenorm,
+        **kw,
+    ).double()
+    if norm == "batch":  # running statistics that are not the defaults
+        model(torch.randint(0, 9, (6, 15)) if model.vocab_size else torch.randn(6, 15, model.d_input).double())
+    return model.eval()
+
+
+def stream(model, x, mask=None):
+    state, out = model.init_state(x.shape[0]), []
+    for t in range(x.shape[1]):
+        logits, state = model.step(x[:, t], state, None if mask is None else mask[:, t])
+        out.append(logits)
+    return out, state
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+@pytest.mark.parametrize("block", ["lru", "hawk"])
+@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+def test_streamed_logits_equal_the_whole_sequence(layer, block, pooling):
+    norm = NORMS[(LAYERS.index(layer) + (block == "hawk")) % 3]  # every norm with every layer, over the blocks
+    model = model_for(layer, block, pooling, norm, prenorm=LAYERS.index(layer) % 2 == 0)
+    x = torch.randint(0, 9, (3, 11))
+    mask = torch.arange(11)[None] < torch.tensor([11, 6, 1])[:, None]
+    with torch.no_grad():
+        steps, _ = stream(model, x, mask)
+        whole = model(x, mask)
+    if pooling == "none":
+        for t, logits in enumerate(steps):
+            valid = mask[:, t]
+            torch.testing.assert_close(logits[valid], whole[valid, t], rtol=0, atol=1e-10)
+    else:
+        torch.testing.assert_close(steps[-1], whole, rtol=0, atol=1e-10)
+        # And at every prefix: the logits so far are those of the sequence cut there.
+        torch.testing.assert_close(steps[4][:2], model(x[:2, :5]), rtol=0, atol=1e-10)
+
+
+def test_features_and_pooling_none_shapes():
+    model = model_for(pooling="none", vocab_size=None, d_input=3)
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    assert model(x).shape == (2, 7, 4)
+    steps, state = stream(model, x)
+    torch.testing.assert_close(torch.stack(steps, 1), model(x), rtol=0, atol=1e-10)
+    assert len(state) == 2 + 2 and state[-1].tolist() == [7.0, 7.0]
+
+
+def test_the_packed_step_weights_follow_the_parameters():
+    model = model_for()
+    layer = model.blocks[0].lru
+    u = torch.randn(2, 12, dtype=torch.float64)
+    with torch.no_grad():
+        first = layer.step(u)[0]
+        assert layer.step_weights() is layer.step_weights()  # packed once while nothing changes
+        layer.B_re.add_(0.1)  # an in-place update, as an optimiser makes
+        fresh = torch.ops.torch_lru.lru_step(u, *layer.direction_parameters(), layer.D)[0]
+        torch.testing.assert_close(layer.step(u)[0], fresh, rtol=0, atol=0)
+        assert not torch.equal(first, fresh)
+        model.load_state_dict(model_for().state_dict())
+        torch.testing.assert_close(layer.step(u)[0], first, rtol=0, atol=0)
+
+
+def test_gradients_flow_through_steps():
+    model = model_for(norm="layer").train()
+    x = torch.randint(0, 9, (2, 6))
+    steps, _ = stream(model, x)
+    steps[-1].sum().backward()
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    assert grads["blocks.0.lru.nu_log"].abs().sum() > 0 and grads["encoder.weight"].abs().sum() > 0
+    model.zero_grad()
+    model(x).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_the_step_compiles_without_graph_breaks():
+    model = model_for().float()
+    step = torch.compile(model.step, backend="aot_eager", fullgraph=True)
+    x = torch.randint(0, 9, (2, 5))
+    state, eager = model.init_state(2), model.init_state(2)
+    with torch.no_grad():
+        for t in range(5):
+            got, state = step(x[:, t], state)
+            want, eager = model.step(x[:, t], eager)
+            torch.testing.assert_close(got, want)
+
+
+def test_models_that_cannot_stream_say_why():
+    with pytest.raises(ValueError, match="a bidirectional model needs the whole sequence"):
+        model_for(bidirectional=True).init_state(1)
+    dual = torch_lru.LRUModel(2, d_model=8, d_state=4, n_layers=1, vocab_size=5, dual=True)
+    with pytest.raises(ValueError, match="a dual model compares two whole sequences"):
+        dual.step(torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="pooling='none' has no pair"):
+        torch_lru.LRUModel(2, vocab_size=5, dual=True, pooling="none")
+    model = model_for()
+    with pytest.raises(ValueError, match="the state holds 2 tensors, expected 4"):
+        model.step(torch.zeros(1, dtype=torch.long), model.init_state(1)[:2])
+    with pytest.raises(ValueError, match=r"x_t holds token ids in \[9, 9\]"):
+        model.step(torch.full((1,), 9))
+    with pytest.raises(ValueError, match="BatchNorm needs running statistics; call .eval"):
+        model_for(norm="batch").train().step(torch.zeros(1, dtype=torch.long))
