@@ -9,7 +9,7 @@
 #      first four minutes), then the peers (bench_peers: JAX's and torch's associative scans, FFT);
 #   5. compute-sanitizer memcheck and racecheck on the scan kernels only (not cuBLAS);
 #   6. the rest: every CUDA test but the slow CPU-style ones, ctest (GoogleTest from an installed
-#      package or a source tree in $GTEST_SRC, default .carry/googletest), bench_lru, bench_rglru, bench_train,
+#      package or a source tree in $GTEST_SRC, default .carry/googletest), bench_lru, bench_rglru, bench_stream, bench_train,
 #      bench_train --compile (train.compile on the GPU).
 # Every step runs under `timeout -k` and within the whole check's budget ($GPU_CHECK_BUDGET_S,
 # default 450 s): a step is cut to what is left, and skipped (and reported) with under 15 s left.
@@ -131,6 +131,9 @@ fi
 step bench-lru 120 "$py" scripts/bench_lru.py --device cuda --json "$out/bench_lru_cuda.json"
 # The RG-LRU layer against the LRU layer and against its Python loop over time.
 step bench-rglru 90 "$py" scripts/bench_rglru.py --device cuda --json "$out/bench_rglru_cuda.json"
+# Streaming: the model's step, eager against a CUDA graph of it, B=1 and B=256.
+step bench-stream 90 "$py" scripts/bench_stream.py --device cuda --no-compile --batches 1,256 --tokens 100 \
+  --json "$out/bench_stream_cuda.json"
 step bench-train 120 "$py" scripts/bench_train.py --device cuda --steps 10 --json "$out/bench_train_cuda.json"
 # train.compile on the GPU: eager against compiled steps, compile time apart (it is off by default
 # on CUDA until this has been measured).

@@ -124,3 +124,54 @@ def test_models_that_cannot_stream_say_why():
         model.step(torch.full((1,), 9))
     with pytest.raises(ValueError, match="BatchNorm needs running statistics; call .eval"):
         model_for(norm="batch").train().step(torch.zeros(1, dtype=torch.long))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("prenorm", [True, False])
+def test_the_cpu_block_loop_agrees_with_the_block_ops(norm, prenorm):
+    """Without autograd a float32 LRU block of up to four rows steps in its own CPU loop
+    (torch_lru::lru_block_step_cpu); with autograd the same step runs op by op."""
+    model = model_for(norm=norm, prenorm=prenorm).float()
+    block = model.blocks[0]
+    for B in (1, 3, 4, 5):
+        x = torch.randn(B, 12)
+        state = torch.randn(B, 8, dtype=torch.complex64)
+        with torch.no_grad():
+            fast = block.step(x, state)
+            also_fast = torch.ops.torch_lru.lru_block_step_cpu(
+                x,
+                norm,
+                block.norm.weight,
+                getattr(block.norm, "bias", None),
+                *((block.norm.running_mean, block.norm.running_var) if norm == "batch" else (None, None)),
+                block.norm.eps,
+                prenorm,
+                *block.lru.step_weights(),
+                block.lru.D,
+                block.glu.weight,
+                block.glu.bias,
+                state,
+            )
+        slow = block.step(x, state)  # autograd on: the composite path
+        for a, b, c in zip(fast, slow, also_fast):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(c, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_models_packed_weights_follow_the_parameters():
+    model = model_for().float()  # float32, one row: the stack steps as one op from a kept list
+    x = torch.tensor([3])
+
+    def fresh():  # with autograd on nothing is kept: the reference
+        return model.step(x)[0].detach()
+
+    with torch.no_grad():
+        first = model.step(x)[0]
+        assert model._stream_plan() is model._stream_plan()
+        model.blocks[1].lru.B_re.mul_(3.0)  # in place, as an optimiser
+        torch.testing.assert_close(model.step(x)[0], fresh(), rtol=0, atol=0)
+        assert not torch.equal(model.step(x)[0], first)
+        model.blocks[0].glu.bias = torch.nn.Parameter(torch.ones(24))  # replaced, not updated
+        torch.testing.assert_close(model.step(x)[0], fresh(), rtol=0, atol=0)
+        model.double()  # moved: a new dtype
+        assert model.step(x)[0].dtype == torch.float64

@@ -341,12 +341,6 @@ std::tuple<torch::Tensor, std::vector<torch::Tensor>> LRUModelImpl::step(const t
   if (o.vocab_size() > 0) {
     TORCH_CHECK(x_t.dim() == 1 && !x_t.is_floating_point() && !x_t.is_complex(),
                 "LRUModel::step: x_t must be token ids (B,), got ", x_t.sizes(), " ", x_t.scalar_type());
-    if (x_t.numel() > 0) {
-      const auto [low, high] = x_t.aminmax();
-      const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < o.vocab_size(), "LRUModel::step: x_t holds token ids in [", lo, ", ", hi,
-                  "], outside [0, vocab_size = ", o.vocab_size(), ")");
-    }
   } else {
     TORCH_CHECK(x_t.dim() == 2 && x_t.size(1) == o.d_input(), "LRUModel::step: x_t must be features (B, ", o.d_input(),
                 "), got ", x_t.sizes());
@@ -360,6 +354,31 @@ std::tuple<torch::Tensor, std::vector<torch::Tensor>> LRUModelImpl::step(const t
                 "LRUModel::step: mask_t must be bool (B,) = (", x_t.size(0), ",), got ", mask_t.scalar_type(), " ",
                 mask_t.sizes());
   }
+  const auto mask = mask_t.defined() ? std::optional<torch::Tensor>(mask_t) : std::nullopt;
+  const auto& first = options.block();
+  if (first.block() == "lru" && first.layer() == "lru" && !(is_training() && first.dropout() > 0)) {
+    // Every block is an LRU block: the whole step is one op (torch_lru::lru_model_step), as from Python.
+    std::vector<torch::Tensor> params;
+    for (const auto& block : *blocks) {
+      auto* b = block->as<LRUBlock>();
+      auto [lam, W_in, W_out] = b->lru->step_weights();
+      const bool batch = first.norm() == "batch";
+      params.insert(params.end(), {b->norm->weight, b->norm->bias, batch ? b->norm->running_mean : torch::Tensor(),
+                                   batch ? b->norm->running_var : torch::Tensor(), lam, W_in, W_out, b->lru->D(),
+                                   b->glu->weight, b->glu->bias});
+    }
+    const auto& encoder = o.vocab_size() > 0 ? embedding->weight : input_linear->weight;
+    const auto encoder_bias = o.vocab_size() > 0 ? std::nullopt : std::optional<torch::Tensor>(input_linear->bias);
+    const auto& norm = blocks[0]->as<LRUBlock>()->norm;
+    return lru_model_step(x_t, encoder, encoder_bias, o.vocab_size(), params, state, first.norm(), norm->options.eps(),
+                          first.prenorm(), o.pooling(), decoder->weight, decoder->bias, mask);
+  }
+  if (o.vocab_size() > 0 && x_t.numel() > 0) {  // (lru_model_step checks the ids itself)
+    const auto [low, high] = x_t.aminmax();
+    const int64_t lo = low.item<int64_t>(), hi = high.item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < o.vocab_size(), "LRUModel::step: x_t holds token ids in [", lo, ", ", hi,
+                "], outside [0, vocab_size = ", o.vocab_size(), ")");
+  }
   auto z = o.vocab_size() > 0 ? embedding(x_t) : input_linear(x_t);
   std::vector<torch::Tensor> next;
   for (int64_t i = 0; i < n; ++i) {
@@ -369,28 +388,8 @@ std::tuple<torch::Tensor, std::vector<torch::Tensor>> LRUModelImpl::step(const t
     z = y;
     next.push_back(s);
   }
-  auto pooled = state[n], count = state[n + 1];
-  auto valid = mask_t.defined() ? mask_t.to(count.scalar_type()) : torch::ones_like(count);
-  if (o.pooling() == "mean") {
-    pooled = pooled + z * valid.unsqueeze(-1);
-  } else if (o.pooling() == "last") {
-    pooled = torch::where(valid.unsqueeze(-1) > 0, z, pooled);
-  } else {
-    pooled = z;
-  }
-  count = count + valid;
-  if (mask_t.defined()) {  // padding leaves every state as it was
-    auto keep = mask_t.logical_not();
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<int64_t> shape(next[i].dim(), 1);
-      shape[0] = -1;
-      next[i] = torch::where(keep.view(shape), state[i], next[i]);
-    }
-  }
-  auto features = o.pooling() == "mean" ? pooled / count.clamp_min(1).unsqueeze(-1) : pooled;
-  next.push_back(pooled);
-  next.push_back(count);
-  return {decoder(features), next};
+  auto [features, new_state] = stream_finish(z, state, next, o.pooling(), mask);
+  return {decoder(features), new_state};
 }
 
 }  // namespace torch_lru

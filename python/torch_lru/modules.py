@@ -196,6 +196,19 @@ class LRUBlock(nn.Module):
         return (x_t if self.prenorm else norm(x_t)), state
 
 
+# Counts parameter and buffer registrations on any module: a cache of packed weights
+# (LRUModel._stream_plan) is stale once a parameter it was built from may have been replaced.
+_registrations = [0]
+
+
+def _count_registration(*_):
+    _registrations[0] += 1
+
+
+torch.nn.modules.module.register_module_parameter_registration_hook(_count_registration)
+torch.nn.modules.module.register_module_buffer_registration_hook(_count_registration)
+
+
 def check_steps(block: nn.Module, name: str) -> None:
     norms = [m for m in block.modules() if isinstance(m, SequenceNorm)]
     if block.training and any(m.kind == "batch" for m in norms):
@@ -371,11 +384,16 @@ class LRUModel(nn.Module):
         self.decoder = RetrievalHead(d_model, d_output) if dual else nn.Linear(d_model, d_output)
 
     def _check(self, x: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> None:
+        self._check_shapes(x, mask, name, values=True)
+
+    def _check_shapes(self, x: torch.Tensor, mask: Optional[torch.Tensor], name: str, values: bool = False) -> None:
         if self.vocab_size is not None:
             ok = x.dim() == 2 and not x.is_floating_point() and not x.is_complex()
             expected = "token ids (B, L)"
             # An id out of range would index past the embedding (on a GPU, a device-side assert).
-            if ok and x.numel() and not torch.compiler.is_compiling():
+            # (Not while compiling or capturing a CUDA graph: the check reads values back to the host.)
+            capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+            if values and ok and x.numel() and not torch.compiler.is_compiling() and not capturing:
                 low, high = x.aminmax()
                 if low < 0 or high >= self.vocab_size:
                     raise ValueError(
@@ -424,6 +442,57 @@ class LRUModel(nn.Module):
         a, b = both.chunk(2)
         return self.decoder(a, b)
 
+    def _streams_as_one_op(self) -> bool:
+        o = self.block_options
+        if o.block != "lru" or o.layer.layer != "lru":
+            return False
+        if self.training and (o.dropout > 0 or o.norm == "batch"):
+            return False  # dropout is the block's own op; check_steps explains BatchNorm
+        return True
+
+    def _stream_plan(self) -> tuple:
+        """lru_model_step's arguments before the state (encoder weight and bias, vocabulary size,
+        per block: norm weight, bias, running mean and variance (None where absent), the LRU's packed
+        step weights, D, the GLU's weight and bias) and after it (norm kind, eps, prenorm, pooling,
+        decoder weight and bias). Without autograd they are kept while every tensor they come from
+        is at the same version (in-place updates and load_state_dict bump versions) and no parameter
+        or buffer has been registered anywhere since (assigning a new one registers it; moving the
+        model drops them, see _apply)."""
+        compiling = torch.compiler.is_compiling()
+        cached = None if compiling else getattr(self, "_stream_cache", None)
+        if (
+            cached is not None
+            and cached[0] == _registrations[0]
+            and not torch.is_grad_enabled()
+            and all(t._version == v for t, v in zip(cached[1], cached[2]))
+        ):
+            return cached[3]
+        generation = _registrations[0]
+        encoder_bias = getattr(self.encoder, "bias", None)
+        sources = [self.encoder.weight, self.decoder.weight, self.decoder.bias]
+        sources += [encoder_bias] if encoder_bias is not None else []
+        params = []
+        for block in self.blocks:
+            norm, lru = block.norm, block.lru
+            batch = norm.kind == "batch"
+            bias = getattr(norm, "bias", None)
+            stats = [norm.running_mean, norm.running_var] if batch else [None, None]
+            sources += [norm.weight, *lru.direction_parameters(), lru.D, block.glu.weight, block.glu.bias]
+            sources += [t for t in (bias, *stats) if t is not None]
+            params += [norm.weight, bias, *stats, *lru.step_weights(), lru.D, block.glu.weight, block.glu.bias]
+        first = self.blocks[0]
+        plan = (
+            (self.encoder.weight, encoder_bias, self.vocab_size or 0, params),
+            (first.norm.kind, first.norm.eps, first.prenorm, self.pooling, self.decoder.weight, self.decoder.bias),
+        )
+        if not torch.is_grad_enabled() and not compiling:
+            self._stream_cache = (generation, sources, [t._version for t in sources], plan)
+        return plan
+
+    def _apply(self, fn, *args, **kwargs):
+        self._stream_cache = None  # .to(), .float(), ...: the packed tensors would be stale
+        return super()._apply(fn, *args, **kwargs)
+
     def _check_streaming(self) -> None:
         if self.block_options.layer.bidirectional:
             raise ValueError(
@@ -450,7 +519,6 @@ class LRUModel(nn.Module):
         from :meth:`init_state` or the previous step (None: a fresh one); ``mask_t`` (B,) bool,
         false where this token is padding (that row's state is kept as it was)."""
         self._check_streaming()
-        self._check(x_t.unsqueeze(1), None if mask_t is None else mask_t.unsqueeze(1), "x_t")
         if state is None:
             state = self.init_state(x_t.shape[0])
         if len(state) != len(self.blocks) + 2:
@@ -458,22 +526,21 @@ class LRUModel(nn.Module):
                 f"LRUModel.step: the state holds {len(state)} tensors, expected {len(self.blocks) + 2} "
                 "(one per block, the pooled features, the count); make it with init_state"
             )
+        plan = self._stream_plan() if self._streams_as_one_op() else None
+        if plan is not None:
+            # Every block is an LRU block: the whole step is one op (torch_lru::lru_model_step), which
+            # also checks the token ids (not while tracing or capturing a CUDA graph: that reads them).
+            self._check_shapes(x_t.unsqueeze(1), None if mask_t is None else mask_t.unsqueeze(1), "x_t")
+            check_ids = not torch.compiler.is_compiling() and not (
+                x_t.is_cuda and torch.cuda.is_current_stream_capturing()
+            )
+            head, tail = plan
+            return torch.ops.torch_lru.lru_model_step(x_t, *head, state, *tail, mask_t, check_ids)
+        self._check(x_t.unsqueeze(1), None if mask_t is None else mask_t.unsqueeze(1), "x_t")
         z = self.encoder(x_t)
         new_state = []
         for block, block_state in zip(self.blocks, state):
             z, s = block.step(z, block_state)
             new_state.append(s)
-        pooled, count = state[-2], state[-1]
-        valid = torch.ones_like(count) if mask_t is None else mask_t.to(count.dtype)
-        if self.pooling == "mean":
-            pooled = pooled + z * valid.unsqueeze(-1)
-        elif self.pooling == "last":
-            pooled = torch.where(valid.unsqueeze(-1) > 0, z, pooled)
-        else:
-            pooled = z
-        count = count + valid
-        if mask_t is not None:  # padding leaves every state as it was
-            keep = mask_t.logical_not()
-            new_state = [torch.where(keep.view(-1, *[1] * (s.dim() - 1)), old, s) for old, s in zip(state, new_state)]
-        features = pooled / count.clamp_min(1).unsqueeze(-1) if self.pooling == "mean" else pooled
-        return self.decoder(features), new_state + [pooled, count]
+        features, new_state = torch.ops.torch_lru.stream_finish(z, state, new_state, self.pooling, mask_t)
+        return self.decoder(features), new_state
