@@ -12,44 +12,43 @@
 namespace torch_lru {
 namespace {
 
-// out[r] = dot(W[r, :], v) (+ bias[r]) for W (R, K) row-major. Compiled twice, for baseline x86-64
-// and for AVX2 + FMA, chosen at run time (as the scan's kernels are).
-#define TORCH_LRU_GEMV_BODY                                                 \
-  int64_t r = 0;                                                            \
-  for (; r + 4 <= R; r += 4) {                                              \
-    const float *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K; \
-    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                   \
-    _Pragma("omp simd reduction(+ : a0, a1, a2, a3)")                       \
-    for (int64_t k = 0; k < K; ++k) {                                       \
-      const float x = v[k];                                                 \
-      a0 += w0[k] * x;                                                      \
-      a1 += w1[k] * x;                                                      \
-      a2 += w2[k] * x;                                                      \
-      a3 += w3[k] * x;                                                      \
-    }                                                                       \
-    out[r] = a0, out[r + 1] = a1, out[r + 2] = a2, out[r + 3] = a3;         \
-  }                                                                         \
-  for (; r < R; ++r) {                                                      \
-    const float* w = W + r * K;                                             \
-    float a = 0;                                                            \
-    _Pragma("omp simd reduction(+ : a)")                                    \
-    for (int64_t k = 0; k < K; ++k) a += w[k] * v[k];                       \
-    out[r] = a;                                                             \
+// out[r] = dot(W[r, :], v) for W (R, K) row-major. Inlined into a baseline x86-64 and an AVX2 + FMA
+// caller, chosen at run time (as the scan's kernels are), so the loops vectorise for each.
+__attribute__((always_inline)) inline void gemv_body(const float* W, const float* v, float* out, int64_t R, int64_t K) {
+  int64_t r = 0;
+  for (; r + 4 <= R; r += 4) {
+    const float *w0 = W + r * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (int64_t k = 0; k < K; ++k) {
+      const float x = v[k];
+      a0 += w0[k] * x;
+      a1 += w1[k] * x;
+      a2 += w2[k] * x;
+      a3 += w3[k] * x;
+    }
+    out[r] = a0, out[r + 1] = a1, out[r + 2] = a2, out[r + 3] = a3;
   }
+  for (; r < R; ++r) {
+    const float* w = W + r * K;
+    float a = 0;
+#pragma omp simd reduction(+ : a)
+    for (int64_t k = 0; k < K; ++k) a += w[k] * v[k];
+    out[r] = a;
+  }
+}
 
-void gemv_baseline(const float* W, const float* v, float* out, int64_t R, int64_t K) { TORCH_LRU_GEMV_BODY }
+void gemv_baseline(const float* W, const float* v, float* out, int64_t R, int64_t K) { gemv_body(W, v, out, R, K); }
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx2,fma"))) void gemv_avx2(const float* W, const float* v, float* out, int64_t R,
-                                                   int64_t K) {
-  TORCH_LRU_GEMV_BODY
+__attribute__((target("avx2,fma"))) void gemv_avx2(const float* W, const float* v, float* out, int64_t R, int64_t K) {
+  gemv_body(W, v, out, R, K);
 }
 const bool kHasAvx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
 const bool kHasAvx2 = false;
-void gemv_avx2(const float* W, const float* v, float* out, int64_t R, int64_t K) { gemv_baseline(W, v, out, R, K); }
+void gemv_avx2(const float* W, const float* v, float* out, int64_t R, int64_t K) { gemv_body(W, v, out, R, K); }
 #endif
-#undef TORCH_LRU_GEMV_BODY
 
 void gemv(const float* W, const float* v, float* out, int64_t R, int64_t K, const float* bias) {
   if (kHasAvx2) {
