@@ -188,6 +188,23 @@ std::tuple<at::Tensor, at::Tensor> lru_composite(const at::Tensor& u, const at::
                         mask, reverse, nu_log, H, N);
 }
 
+const at::Tensor& none_tensor() {
+  static const at::Tensor none;
+  return none;
+}
+
+// Given eigenvalues lam (N,) against the projections of p (no LRU parameterisation); returns (H, N).
+std::pair<c10::SymInt, c10::SymInt> check_diagonal(const char* op, const at::Tensor& lam, const Params& p) {
+  TORCH_CHECK(lam.defined() && lam.dim() == 1, op, ": lam must have shape (N,), got ",
+              lam.defined() ? lam.sym_sizes() : c10::SymIntArrayRef());
+  TORCH_CHECK(p.B_re.defined(), op, ": B_re must be a defined tensor");
+  const auto complex_type = c10::toComplexType(p.B_re.scalar_type());
+  TORCH_CHECK(lam.scalar_type() == complex_type && lam.device() == p.B_re.device(), op, ": lam must be ", complex_type,
+              " on ", p.B_re.device(), " (B_re is ", p.B_re.scalar_type(), "), got ", lam.scalar_type(), " on ",
+              lam.device());
+  return check_projections(op, "B_re", p.B_re, lam.sym_size(0), p);
+}
+
 std::tuple<at::Tensor, at::Tensor> diag_recurrence_composite(const at::Tensor& u, const at::Tensor& lam,
                                                              const at::Tensor& B_re, const at::Tensor& B_im,
                                                              const at::Tensor& C_re, const at::Tensor& C_im,
@@ -195,16 +212,8 @@ std::tuple<at::Tensor, at::Tensor> diag_recurrence_composite(const at::Tensor& u
                                                              const std::optional<at::Tensor>& state,
                                                              const std::optional<at::Tensor>& mask, bool reverse) {
   const char* op = "torch_lru::diag_recurrence";
-  TORCH_CHECK(lam.defined() && lam.dim() == 1, op, ": lam must have shape (N,), got ",
-              lam.defined() ? lam.sym_sizes() : c10::SymIntArrayRef());
-  TORCH_CHECK(B_re.defined(), op, ": B_re must be a defined tensor");
-  const auto complex_type = c10::toComplexType(B_re.scalar_type());
-  TORCH_CHECK(lam.scalar_type() == complex_type && lam.device() == B_re.device(), op, ": lam must be ", complex_type,
-              " on ", B_re.device(), " (B_re is ", B_re.scalar_type(), "), got ", lam.scalar_type(), " on ",
-              lam.device());
-  const at::Tensor none;
-  const Params p{none, none, none, B_re, B_im, C_re, C_im, D};
-  const auto [H, N] = check_projections(op, "B_re", B_re, lam.sym_size(0), p);
+  const Params p{none_tensor(), none_tensor(), none_tensor(), B_re, B_im, C_re, C_im, D};
+  const auto [H, N] = check_diagonal(op, lam, p);
   return run_recurrence(op, u, lam, input_weight(p, at::Tensor(), H), output_weight(p, H), D, state, mask, reverse,
                         B_re, H, N);
 }
@@ -259,16 +268,8 @@ std::tuple<at::Tensor, at::Tensor> diag_step_composite(const at::Tensor& u_t, co
                                                        const std::optional<at::Tensor>& D,
                                                        const std::optional<at::Tensor>& state) {
   const char* op = "torch_lru::diag_step";
-  TORCH_CHECK(lam.defined() && lam.dim() == 1, op, ": lam must have shape (N,), got ",
-              lam.defined() ? lam.sym_sizes() : c10::SymIntArrayRef());
-  TORCH_CHECK(B_re.defined(), op, ": B_re must be a defined tensor");
-  const auto complex_type = c10::toComplexType(B_re.scalar_type());
-  TORCH_CHECK(lam.scalar_type() == complex_type && lam.device() == B_re.device(), op, ": lam must be ", complex_type,
-              " on ", B_re.device(), " (B_re is ", B_re.scalar_type(), "), got ", lam.scalar_type(), " on ",
-              lam.device());
-  const at::Tensor none;
-  const Params p{none, none, none, B_re, B_im, C_re, C_im, D};
-  const auto [H, N] = check_projections(op, "B_re", B_re, lam.sym_size(0), p);
+  const Params p{none_tensor(), none_tensor(), none_tensor(), B_re, B_im, C_re, C_im, D};
+  const auto [H, N] = check_diagonal(op, lam, p);
   check_input(op, u_t, B_re, H, 2, "(B, H)");
   auto x = project_in(u_t, input_weight(p, at::Tensor(), H), B_re.scalar_type(), N);
   if (has(state)) {
