@@ -175,3 +175,39 @@ def test_the_models_packed_weights_follow_the_parameters():
         torch.testing.assert_close(model.step(x)[0], fresh(), rtol=0, atol=0)
         model.double()  # moved: a new dtype
         assert model.step(x)[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("prenorm", [True, False])
+@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+@pytest.mark.parametrize("vocab_size", [9, None])
+def test_the_cpu_model_loop_agrees_with_the_composite_step(norm, prenorm, pooling, vocab_size):
+    """Without autograd a float32 model of LRU blocks of up to four rows steps as one CPU loop
+    (torch_lru::lru_model_step_cpu); with autograd the same step runs as the block ops and
+    stream_finish. Padded rows (mask false) keep their states and pooled features in both."""
+    model = model_for(norm=norm, prenorm=prenorm, pooling=pooling, vocab_size=vocab_size).float()
+    for B in (1, 3, 4, 5):
+        torch.manual_seed(B)
+        xs = torch.randint(0, 9, (B, 6)) if vocab_size else torch.randn(B, 6, model.d_input)
+        mask = torch.rand(B, 6) > 0.3
+        fast_state = slow_state = model.init_state(B)
+        for t in range(6):
+            m = mask[:, t] if t % 2 else None
+            with torch.no_grad():
+                fast, fast_state = model.step(xs[:, t], fast_state, m)
+            slow, slow_state = model.step(xs[:, t], slow_state, m)  # autograd on: the composite path
+            torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-6)
+            for a, b in zip(fast_state, slow_state):
+                torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_cpu_model_loop_names_bad_input():
+    model = model_for().float()
+    with torch.no_grad():
+        with pytest.raises(ValueError, match=r"token id 9 \(row 1\), outside \[0, vocab_size = 9\)"):
+            model.step(torch.tensor([0, 9]))
+        head, tail = model._stream_plan()
+        state = model.init_state(2)
+        state[0] = state[0][:, :4]
+        with pytest.raises(RuntimeError, match=r"block 0's state must be complex64 \(B, N\) = \(2, 8\)"):
+            torch.ops.torch_lru.lru_model_step_cpu(torch.tensor([0, 1]), *head, state, *tail[:-2], *tail[-2:])

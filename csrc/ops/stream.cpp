@@ -137,6 +137,34 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> stream_finish_composite(const at
   return {features, next};
 }
 
+// lru_model_step_cpu's case: what lru_block_step_cpu takes (no autograd, the CPU, float32 weights and
+// complex64 lam, up to kFusedRows rows) for every block, and float32 encoder and decoder.
+bool fused_model_step_applies(const at::Tensor& x_t, const at::Tensor& encoder_weight,
+                              const c10::List<std::optional<at::Tensor>>& params, const at::Tensor& decoder_weight) {
+  if (at::GradMode::is_enabled() || !x_t.device().is_cpu() || x_t.dim() < 1 || x_t.sym_size(0) > kFusedRows ||
+      encoder_weight.scalar_type() != at::kFloat || decoder_weight.scalar_type() != at::kFloat ||
+      params.size() % 10 != 0) {
+    return false;
+  }
+  for (size_t i = 0; i < params.size(); i += 10) {
+    const std::optional<at::Tensor> lam = params.get(i + 4), W_in = params.get(i + 5);
+    if (!lam || lam->scalar_type() != at::kComplexFloat || !W_in || W_in->scalar_type() != at::kFloat) return false;
+  }
+  return true;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> lru_model_step_fused(
+    const at::Tensor& x_t, const at::Tensor& encoder_weight, const std::optional<at::Tensor>& encoder_bias,
+    int64_t vocab_size, const c10::List<std::optional<at::Tensor>>& params, at::TensorList state, c10::string_view norm,
+    double eps, bool prenorm, c10::string_view pooling, const at::Tensor& decoder_weight,
+    const at::Tensor& decoder_bias, const std::optional<at::Tensor>& mask_t) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("torch_lru::lru_model_step_cpu", "")
+                       .typed<decltype(lru_model_step_fused)>();
+  return op.call(x_t, encoder_weight, encoder_bias, vocab_size, params, state, norm, eps, prenorm, pooling,
+                 decoder_weight, decoder_bias, mask_t);
+}
+
 std::tuple<at::Tensor, std::vector<at::Tensor>> lru_model_step_composite(
     const at::Tensor& x_t, const at::Tensor& encoder_weight, const std::optional<at::Tensor>& encoder_bias,
     int64_t vocab_size, at::TensorList params, at::TensorList state, c10::string_view norm, double eps, bool prenorm,
@@ -238,6 +266,12 @@ TORCH_LIBRARY_IMPL(torch_lru, CompositeImplicitAutograd, m) {
             int64_t vocab_size, const c10::List<std::optional<at::Tensor>>& params, at::TensorList state,
             c10::string_view norm, double eps, bool prenorm, c10::string_view pooling, const at::Tensor& decoder_weight,
             const at::Tensor& decoder_bias, const std::optional<at::Tensor>& mask_t, bool check_ids) {
+           if (fused_model_step_applies(x_t, encoder_weight, params, decoder_weight)) {
+             // The whole step as one CPU loop (torch_lru::lru_model_step_cpu, csrc/ops/stream_cpu.cpp):
+             // no dispatch between the encoder, the blocks, the pooling and the decoder.
+             return lru_model_step_fused(x_t, encoder_weight, encoder_bias, vocab_size, params, state, norm, eps,
+                                         prenorm, pooling, decoder_weight, decoder_bias, mask_t);
+           }
            return lru_model_step_composite(x_t, encoder_weight, encoder_bias, vocab_size, unwrap(params), state, norm,
                                            eps, prenorm, pooling, decoder_weight, decoder_bias, mask_t, check_ids);
          });

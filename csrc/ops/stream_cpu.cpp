@@ -1,5 +1,6 @@
 // The LRU block's step for the CPU in one pass over its weights (torch_lru::lru_block_step_cpu,
-// called by lru_block_step when it applies: float32, no autograd, a few rows). At one token a
+// called by lru_block_step when it applies: float32, no autograd, a few rows), and a whole model
+// of such blocks (torch_lru::lru_model_step_cpu, called by lru_model_step). At one token a
 // block is three matrix-vector products and a handful of elementwise ops on vectors of 128-512
 // numbers; ATen spends as long dispatching those ops as computing them. Here the norm, the three
 // products (four rows at a time, so that four independent sums hide the multiply-add latency),
@@ -7,7 +8,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 namespace torch_lru {
 namespace {
@@ -124,8 +128,46 @@ void block_row(const Weights& w, const float* x, float* out, float* state, float
   }
 }
 
-const float* data_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<float>() : nullptr;
+bool is_f32(const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); }
+const float* f32_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// One block's weights for block_row, checked: p holds norm weight, norm bias, running mean, running
+// variance, lam, W_in, W_out, D, GLU weight, GLU bias (undefined where absent), contiguous.
+Weights block_weights(const at::Tensor* p, const std::string& norm, double eps, bool prenorm, int64_t H,
+                      const char* op) {
+  const at::Tensor &lam = p[4], &W_in = p[5], &W_out = p[6], &glu_weight = p[8], &glu_bias = p[9];
+  const int64_t N = lam.numel();
+  auto optional_ok = [&](const at::Tensor& t) { return !t.defined() || (is_f32(t) && t.numel() == H); };
+  TORCH_CHECK(is_f32(p[0]) && p[0].numel() == H && optional_ok(p[1]) && optional_ok(p[2]) && optional_ok(p[3]) &&
+                  optional_ok(p[7]) && is_f32(W_in) && is_f32(W_out) && is_f32(glu_weight) && is_f32(glu_bias) &&
+                  lam.scalar_type() == at::kComplexFloat && lam.is_contiguous(),
+              op, ": takes contiguous float32 tensors of H = ", H, " numbers for the norm and D (and complex64 lam)");
+  TORCH_CHECK(W_in.sizes() == at::IntArrayRef({2 * N, H}) && W_out.sizes() == at::IntArrayRef({H, 2 * N}) &&
+                  glu_weight.sizes() == at::IntArrayRef({2 * H, H}) && glu_bias.numel() == 2 * H,
+              op, ": weights of the wrong shapes for H = ", H, ", N = ", N, ": W_in ", W_in.sizes(), ", W_out ",
+              W_out.sizes(), ", GLU weight ", glu_weight.sizes());
+  Weights w{};
+  w.norm = norm == "layer" ? Norm::kLayer : norm == "rms" ? Norm::kRms : Norm::kBatch;
+  TORCH_CHECK(norm == "layer" || norm == "rms" || (norm == "batch" && p[2].defined() && p[3].defined()), op,
+              ": unsupported norm \"", norm, "\" (a batch norm steps with its running mean and variance)");
+  w.norm_weight = p[0].data_ptr<float>();
+  w.norm_bias = f32_or_null(p[1]);
+  w.mean = f32_or_null(p[2]);
+  w.var = f32_or_null(p[3]);
+  w.eps = static_cast<float>(eps);
+  w.prenorm = prenorm;
+  w.lam = reinterpret_cast<const float*>(lam.data_ptr<c10::complex<float>>());
+  w.W_in = W_in.data_ptr<float>();
+  w.W_out = W_out.data_ptr<float>();
+  w.D = f32_or_null(p[7]);
+  w.glu_weight = glu_weight.data_ptr<float>();
+  w.glu_bias = glu_bias.data_ptr<float>();
+  w.H = H, w.N = N;
+  return w;
+}
+
+at::Tensor defined_or_empty(const std::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : at::Tensor();
 }
 
 std::tuple<at::Tensor, at::Tensor> lru_block_step_cpu(
@@ -135,33 +177,20 @@ std::tuple<at::Tensor, at::Tensor> lru_block_step_cpu(
     const at::Tensor& W_in, const at::Tensor& W_out, const std::optional<at::Tensor>& D, const at::Tensor& glu_weight,
     const at::Tensor& glu_bias, const std::optional<at::Tensor>& state) {
   const char* op = "torch_lru::lru_block_step_cpu";
-  const int64_t B = x_t.size(0), H = x_t.size(1), N = lam.size(0);
-  auto is_f32 = [](const at::Tensor& t) { return t.scalar_type() == at::kFloat && t.is_contiguous(); };
-  TORCH_CHECK(is_f32(x_t) && is_f32(norm_weight) && is_f32(W_in) && is_f32(W_out) && is_f32(glu_weight) &&
-                  is_f32(glu_bias) && lam.scalar_type() == at::kComplexFloat && lam.is_contiguous(),
-              op, ": takes contiguous float32 tensors (and complex64 lam)");
-  TORCH_CHECK(W_in.sizes() == at::IntArrayRef({2 * N, H}) && W_out.sizes() == at::IntArrayRef({H, 2 * N}) &&
-                  glu_weight.sizes() == at::IntArrayRef({2 * H, H}) && glu_bias.numel() == 2 * H,
-              op, ": weights of the wrong shapes for H = ", H, ", N = ", N);
-  Weights w{};
-  const std::string kind(norm);
-  w.norm = kind == "layer" ? Norm::kLayer : kind == "rms" ? Norm::kRms : Norm::kBatch;
-  TORCH_CHECK(kind == "layer" || kind == "rms" || (kind == "batch" && running_mean && running_var), op,
-              ": unsupported norm \"", kind, "\"");
-  w.norm_weight = norm_weight.data_ptr<float>();
-  w.norm_bias = data_or_null(norm_bias);
-  w.mean = data_or_null(running_mean);
-  w.var = data_or_null(running_var);
-  w.eps = static_cast<float>(eps);
-  w.prenorm = prenorm;
-  w.lam = reinterpret_cast<const float*>(lam.data_ptr<c10::complex<float>>());
-  w.W_in = W_in.data_ptr<float>();
-  w.W_out = W_out.data_ptr<float>();
-  w.D = data_or_null(D);
-  w.glu_weight = glu_weight.data_ptr<float>();
-  w.glu_bias = glu_bias.data_ptr<float>();
-  w.H = H, w.N = N;
-
+  TORCH_CHECK(is_f32(x_t) && x_t.dim() == 2, op, ": x_t must be contiguous float32 (B, H), got ", x_t.scalar_type(),
+              " ", x_t.sizes());
+  const int64_t B = x_t.size(0), H = x_t.size(1), N = lam.numel();
+  const at::Tensor p[10] = {norm_weight.contiguous(),
+                            defined_or_empty(norm_bias),
+                            defined_or_empty(running_mean),
+                            defined_or_empty(running_var),
+                            lam.contiguous(),
+                            W_in.contiguous(),
+                            W_out.contiguous(),
+                            defined_or_empty(D),
+                            glu_weight.contiguous(),
+                            glu_bias.contiguous()};
+  const Weights w = block_weights(p, std::string(norm), eps, prenorm, H, op);
   auto out = at::empty_like(x_t);
   auto new_state =
       state.has_value() && state->defined() ? state->contiguous().clone() : at::zeros({B, N}, lam.options());
@@ -174,6 +203,138 @@ std::tuple<at::Tensor, at::Tensor> lru_block_step_cpu(
     block_row(w, x_t.data_ptr<float>() + b * H, out.data_ptr<float>() + b * H, s + b * 2 * N, scratch.data());
   }
   return {out, new_state};
+}
+
+// The whole model's step (torch_lru::lru_model_step's CPU loop, same arguments but check_ids: the
+// ids are always checked, it costs a loop over B numbers): the encoder row, every block's
+// block_row, the pooling and the decoder, per row, with no ATen op between them; one allocation per
+// output tensor. A padded row (mask_t false) keeps its states and pooled features, as
+// stream_finish says, but still runs the blocks (on a copy of its state) for pooling "none".
+std::tuple<at::Tensor, std::vector<at::Tensor>> lru_model_step_cpu(
+    const at::Tensor& x_t, const at::Tensor& encoder_weight, const std::optional<at::Tensor>& encoder_bias,
+    int64_t vocab_size, const c10::List<std::optional<at::Tensor>>& params, at::TensorList state,
+    c10::string_view norm_kind, double eps, bool prenorm, c10::string_view pooling_kind,
+    const at::Tensor& decoder_weight, const at::Tensor& decoder_bias, const std::optional<at::Tensor>& mask_t) {
+  const char* op = "torch_lru::lru_model_step_cpu";
+  constexpr size_t kPer = 10;
+  const std::string norm(norm_kind), pooling(pooling_kind);
+  const bool mean = pooling == "mean", last = pooling == "last";
+  TORCH_CHECK(state.size() >= 2 && params.size() == kPer * (state.size() - 2), op, ": expected ", kPer,
+              " tensors per block and a state of one tensor per block plus two, got ", params.size(), " and ",
+              state.size());
+  TORCH_CHECK(pooling == "mean" || pooling == "last" || pooling == "none", op,
+              ": pooling must be one of {mean, last, none}, got \"", pooling, "\"");
+  TORCH_CHECK(is_f32(decoder_weight) && decoder_weight.dim() == 2 && is_f32(decoder_bias) &&
+                  decoder_bias.numel() == decoder_weight.size(0),
+              op, ": the decoder must be contiguous float32 (d_output, H) and (d_output,), got ",
+              decoder_weight.scalar_type(), " ", decoder_weight.sizes(), " and ", decoder_bias.sizes());
+  const size_t n_blocks = state.size() - 2;
+  const int64_t B = x_t.size(0), H = decoder_weight.size(1), d_output = decoder_weight.size(0);
+
+  // The encoder: token ids (B,) into an embedding (vocab, H), or features (B, d_input) through a linear map.
+  const at::Tensor enc = encoder_weight.contiguous();
+  const at::Tensor x = x_t.contiguous();
+  TORCH_CHECK(enc.scalar_type() == at::kFloat && enc.dim() == 2, op, ": the encoder weight must be float32 2-D, got ",
+              enc.scalar_type(), " ", enc.sizes());
+  const at::Tensor enc_bias = defined_or_empty(encoder_bias);
+  if (vocab_size > 0) {
+    TORCH_CHECK(x.scalar_type() == at::kLong && x.dim() == 1 && enc.sizes() == at::IntArrayRef({vocab_size, H}), op,
+                ": token ids (B,) int64 into an embedding (", vocab_size, ", ", H, "), got ", x.scalar_type(), " ",
+                x.sizes(), " and ", enc.sizes());
+    const int64_t* ids = x.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      TORCH_CHECK_VALUE(ids[b] >= 0 && ids[b] < vocab_size, "LRUModel.step: x_t holds token id ", ids[b], " (row ", b,
+                        "), outside [0, vocab_size = ", vocab_size, ")");
+    }
+  } else {
+    TORCH_CHECK(is_f32(x) && x.dim() == 2 && enc.size(0) == H && enc.size(1) == x.size(1) &&
+                    (!enc_bias.defined() || (is_f32(enc_bias) && enc_bias.numel() == H)),
+                op, ": features (B, d_input) float32 through a (", H, ", d_input) map, got ", x.scalar_type(), " ",
+                x.sizes(), " and ", enc.sizes());
+  }
+  const bool* valid = nullptr;
+  at::Tensor mask;
+  if (mask_t.has_value() && mask_t->defined()) {
+    mask = mask_t->contiguous();
+    TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 1 && mask.size(0) == B, op,
+                ": mask_t must be bool (B,) = (", B, ",), got ", mask.scalar_type(), " ", mask.sizes());
+    valid = mask.data_ptr<bool>();
+  }
+
+  // Every block's weights (contiguous copies kept alive here where a tensor was not), its state.
+  std::vector<at::Tensor> kept;
+  kept.reserve(kPer * n_blocks);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::optional<at::Tensor> t = params.get(i);
+    kept.push_back(t.has_value() && t->defined() ? t->contiguous() : at::Tensor());
+  }
+  std::vector<Weights> weights;
+  std::vector<at::Tensor> next;
+  next.reserve(state.size());
+  int64_t max_n = 0;
+  for (size_t k = 0; k < n_blocks; ++k) {
+    weights.push_back(block_weights(kept.data() + kPer * k, norm, eps, prenorm, H, op));
+    const int64_t N = weights.back().N;
+    max_n = std::max(max_n, N);
+    TORCH_CHECK(state[k].scalar_type() == at::kComplexFloat && state[k].sizes() == at::IntArrayRef({B, N}), op,
+                ": block ", k, "'s state must be complex64 (B, N) = (", B, ", ", N, "), got ", state[k].scalar_type(),
+                " ", state[k].sizes());
+    next.push_back(state[k].contiguous().clone());
+  }
+  const at::Tensor pooled = state[n_blocks].contiguous(), count = state[n_blocks + 1].contiguous();
+  TORCH_CHECK(is_f32(pooled) && pooled.sizes() == at::IntArrayRef({B, H}) && is_f32(count) && count.dim() == 1 &&
+                  count.size(0) == B,
+              op, ": the pooled features must be float32 (B, H) = (", B, ", ", H, ") and the count (B,), got ",
+              pooled.sizes(), " and ", count.sizes());
+  auto new_pooled = at::empty_like(pooled), new_count = at::empty_like(count);
+  auto logits = at::empty({B, d_output}, decoder_weight.options());
+
+  std::vector<float> scratch(static_cast<size_t>(4 * H + 2 * max_n) + 2 * H + 2 * max_n + H);
+  float *z = scratch.data() + 4 * H + 2 * max_n, *z_next = z + H, *spare = z_next + H, *features = spare + 2 * max_n;
+  for (int64_t b = 0; b < B; ++b) {
+    const bool keep = valid != nullptr && !valid[b];
+    if (vocab_size > 0) {
+      const float* row = enc.data_ptr<float>() + x.data_ptr<int64_t>()[b] * H;
+      std::copy(row, row + H, z);
+    } else {
+      gemv(enc.data_ptr<float>(), x.data_ptr<float>() + b * x.size(1), z, H, x.size(1), f32_or_null(enc_bias));
+    }
+    for (size_t k = 0; k < n_blocks; ++k) {
+      const int64_t N = weights[k].N;
+      float* s = reinterpret_cast<float*>(next[k].data_ptr<c10::complex<float>>()) + b * 2 * N;
+      if (keep) {  // advance a copy: the row's state stays as it was
+        std::copy(s, s + 2 * N, spare);
+        s = spare;
+      }
+      block_row(weights[k], z, z_next, s, scratch.data());
+      std::swap(z, z_next);
+    }
+    // The pooling, as stream_finish has it (a padded row adds z * 0 to the mean).
+    const float* old = pooled.data_ptr<float>() + b * H;
+    float* pool = new_pooled.data_ptr<float>() + b * H;
+    const float v = keep ? 0.0f : 1.0f;
+    for (int64_t i = 0; i < H; ++i) {
+      pool[i] = mean ? old[i] + z[i] * v : last && keep ? old[i] : z[i];
+    }
+    const float c = count.data_ptr<float>()[b] + v;
+    new_count.data_ptr<float>()[b] = c;
+    const float divisor = std::max(c, 1.0f);
+    for (int64_t i = 0; i < H; ++i) features[i] = mean ? pool[i] / divisor : pool[i];
+    gemv(decoder_weight.data_ptr<float>(), features, logits.data_ptr<float>() + b * d_output, d_output, H,
+         decoder_bias.data_ptr<float>());
+  }
+  next.push_back(new_pooled);
+  next.push_back(new_count);
+  return {logits, next};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> lru_model_step_cpu_meta(
+    const at::Tensor& x_t, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
+    const c10::List<std::optional<at::Tensor>>&, at::TensorList state, c10::string_view, double, bool, c10::string_view,
+    const at::Tensor& decoder_weight, const at::Tensor&, const std::optional<at::Tensor>&) {
+  std::vector<at::Tensor> next;
+  for (const auto& s : state) next.push_back(at::empty_like(s));
+  return {at::empty_symint({x_t.sym_size(0), decoder_weight.sym_size(0)}, decoder_weight.options()), next};
 }
 
 std::tuple<at::Tensor, at::Tensor> lru_block_step_cpu_meta(const at::Tensor& x_t, c10::string_view, const at::Tensor&,
@@ -193,9 +354,19 @@ TORCH_LIBRARY_FRAGMENT(torch_lru, m) {
       "lru_block_step_cpu(Tensor x_t, str norm, Tensor norm_weight, Tensor? norm_bias, Tensor? running_mean, "
       "Tensor? running_var, float eps, bool prenorm, Tensor lam, Tensor W_in, Tensor W_out, Tensor? D, "
       "Tensor glu_weight, Tensor glu_bias, Tensor? state=None) -> (Tensor, Tensor)");
+  m.def(
+      "lru_model_step_cpu(Tensor x_t, Tensor encoder_weight, Tensor? encoder_bias, int vocab_size, "
+      "Tensor?[] params, Tensor[] state, str norm, float eps, bool prenorm, str pooling, Tensor decoder_weight, "
+      "Tensor decoder_bias, Tensor? mask_t=None) -> (Tensor, Tensor[])");
 }
 
-TORCH_LIBRARY_IMPL(torch_lru, CPU, m) { m.impl("lru_block_step_cpu", &lru_block_step_cpu); }
-TORCH_LIBRARY_IMPL(torch_lru, Meta, m) { m.impl("lru_block_step_cpu", &lru_block_step_cpu_meta); }
+TORCH_LIBRARY_IMPL(torch_lru, CPU, m) {
+  m.impl("lru_block_step_cpu", &lru_block_step_cpu);
+  m.impl("lru_model_step_cpu", &lru_model_step_cpu);
+}
+TORCH_LIBRARY_IMPL(torch_lru, Meta, m) {
+  m.impl("lru_block_step_cpu", &lru_block_step_cpu_meta);
+  m.impl("lru_model_step_cpu", &lru_model_step_cpu_meta);
+}
 
 }  // namespace torch_lru
