@@ -79,6 +79,120 @@ def test_the_recurrence_op_and_its_gradients_match_the_loop(reverse):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
 
 
+def gates_formula(x, pre_a, pre_x, Lambda, c=8.0, mask=None):
+    """Griffin's eqs. 2-4 from the gate pre-activations, in float64: (a, sqrt(1 - a^2) * i * x)."""
+    x, pre_a, pre_x, Lambda = (t.double() for t in (x, pre_a, pre_x, Lambda))
+    log_a = -c * torch.sigmoid(pre_a) * F.softplus(-Lambda)
+    a = torch.exp(log_a)
+    one_minus_a2 = torch.clamp_min(-torch.expm1(2 * log_a), torch.finfo(torch.float64).tiny)
+    inp = x * torch.sigmoid(pre_x) * torch.sqrt(one_minus_a2)
+    if mask is not None:
+        a, inp = a.masked_fill(~mask[..., None], 1), inp.masked_fill(~mask[..., None], 0)
+    return a, inp
+
+
+def gates_inputs(shape, dtype, device, seed=0, requires_grad=True):
+    gen = torch.Generator().manual_seed(seed)
+    N = shape[-1]
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    # pre-activations from -30 to 30 (sigmoid saturates, exp's clamps are reached) and Lambda from
+    # a ~ 0.5 to a ~ 1 - 1e-7 (1 - a^2 near its clamp in float32)
+    pre_a = 6 * torch.randn(shape, generator=gen, dtype=torch.float64)
+    pre_a.view(-1, N)[0, : min(N, 4)] = torch.tensor([-30.0, 30.0, 0.0, -88.0])[: min(N, 4)]
+    pre_x = 6 * torch.randn(shape, generator=gen, dtype=torch.float64)
+    Lambda = torch.linspace(0.0, 14.0, N, dtype=torch.float64)
+    return [t.to(dtype=dtype, device=device).requires_grad_(requires_grad) for t in (x, pre_a, pre_x, Lambda)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 37, 20), (5, 16), (2, 300, 64)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_gates_op_and_its_gradients_match_the_formula(device, dtype, shape, masked):
+    # On the CPU the fused kernels (float32: their own exp and expm1); elsewhere the ATen formula.
+    inputs = gates_inputs(shape, dtype, device)
+    mask = (torch.rand(shape[:-1], generator=torch.Generator().manual_seed(3)) > 0.3).to(device) if masked else None
+    a, inp = ops.rglru_gates(*inputs, 8.0, mask)
+    want_a, want_inp = gates_formula(*inputs, 8.0, mask)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a.double(), want_a, **tol)
+    torch.testing.assert_close(inp.double(), want_inp, **tol)
+    if masked:
+        assert (a[~mask] == 1).all() and (inp[~mask] == 0).all()
+    ga, gi = torch.randn_like(a), torch.randn_like(a)
+    got = torch.autograd.grad((a, inp), inputs, (ga, gi))
+    want = torch.autograd.grad((want_a, want_inp), inputs, (ga.double(), gi.double()))
+    for name, g, w in zip(("x", "pre_a", "pre_x", "Lambda"), got, want):
+        w = w.double()  # computed in float64, returned in the input's dtype
+        scale = w.abs().max().item()  # gradients summed over many rows are compared against their size
+        atol = (2e-6 if dtype == torch.float32 else 1e-12) * max(scale, 1.0)
+        torch.testing.assert_close(g.double(), w, rtol=tol["rtol"] * 10, atol=atol, msg=name)
+        if masked and name != "Lambda":
+            assert (g[~mask] == 0).all(), name
+
+
+def test_the_gates_grad_lambda_does_not_depend_on_the_thread_count():
+    inputs = gates_inputs((4, 1000, 32), torch.float32, "cpu")
+    threads = torch.get_num_threads()
+    grads = []
+    for n in (1, max(2, threads)):
+        torch.set_num_threads(n)
+        try:
+            a, inp = ops.rglru_gates(*inputs)
+            grads.append(torch.autograd.grad((a.sum() + inp.sum()), inputs))
+        finally:
+            torch.set_num_threads(threads)
+    for g1, g2 in zip(*grads):
+        assert torch.equal(g1, g2)
+
+
+def test_the_gates_op_propagates_nan_and_takes_mixed_dtypes():
+    x, pre_a, pre_x, Lambda = gates_inputs((2, 5, 8), torch.float32, "cpu", requires_grad=False)
+    pre_a[0, 1, 2] = float("nan")
+    a, inp = ops.rglru_gates(x, pre_a, pre_x, Lambda)
+    assert a[0, 1, 2].isnan() and inp[0, 1, 2].isnan()
+    assert a.isnan().sum() == 1 and inp.isnan().sum() == 1
+    # pre-activations in bfloat16 (as autocast's projections give them): the ATen formula, promoted
+    # to float32 (its sigmoids round to bfloat16, hence the tolerance)
+    a16, inp16 = ops.rglru_gates(x, pre_a.bfloat16(), pre_x.bfloat16(), Lambda)
+    assert a16.dtype == inp16.dtype == torch.float32
+    want_a, want_inp = gates_formula(x, pre_a.bfloat16().float(), pre_x.bfloat16().float(), Lambda)
+    torch.testing.assert_close(a16.double(), want_a, rtol=2e-2, atol=1e-3, equal_nan=True)
+    torch.testing.assert_close(inp16.double(), want_inp, rtol=2e-2, atol=1e-3, equal_nan=True)
+
+
+def test_the_gates_op_passes_opcheck_and_gradgradcheck(device):
+    for dtype in (torch.float32, torch.float64):
+        for masked in (False, True):
+            inputs = gates_inputs((2, 7, 6), dtype, device)
+            mask = torch.tensor([[1, 1, 0, 1, 0, 1, 1], [0, 1, 1, 1, 1, 1, 0]], dtype=torch.bool, device=device)
+            torch.library.opcheck(ops.rglru_gates.default, (*inputs, 8.0, mask if masked else None))
+    x, pre_a, pre_x, Lambda = gates_inputs((2, 3, 4), torch.float64, device)
+    with torch.no_grad():
+        pre_a.clamp_(-3, 3), Lambda.clamp_(max=4)  # away from the clamps, where finite differences mislead
+
+    def f(*t):
+        return ops.rglru_gates(*t, 8.0, None)
+
+    assert torch.autograd.gradcheck(f, (x, pre_a, pre_x, Lambda))
+    assert torch.autograd.gradgradcheck(f, (x, pre_a, pre_x, Lambda))
+
+
+def test_the_gates_op_names_bad_input():
+    x, pre_a, pre_x, Lambda = gates_inputs((2, 5, 8), torch.float32, "cpu", requires_grad=False)
+    with pytest.raises(RuntimeError, match=r"rglru_gates: pre_a must have x's shape \[2, 5, 8\], got \[2, 4, 8\]"):
+        ops.rglru_gates(x, pre_a[:, :4], pre_x, Lambda)
+    with pytest.raises(RuntimeError, match=r"x must have shape \(..., N\) with N = 7 \(Lambda's length\)"):
+        ops.rglru_gates(x, pre_a, pre_x, Lambda[:7])
+    with pytest.raises(RuntimeError, match=r"mask must have x's shape without its last dimension, \[2, 5\]"):
+        ops.rglru_gates(x, pre_a, pre_x, Lambda, 8.0, torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="mask must be bool"):
+        ops.rglru_gates(x, pre_a, pre_x, Lambda, 8.0, torch.ones(2, 5))
+    with pytest.raises(RuntimeError, match="c must be positive, got -1"):
+        ops.rglru_gates(x, pre_a, pre_x, Lambda, -1.0)
+    with pytest.raises(RuntimeError, match="pre_x must be real floating point, got Long"):
+        ops.rglru_gates(x, pre_a, pre_x.long(), Lambda)
+
+
 def test_gradcheck_of_the_whole_layer():
     layer = make(H=3, N=4, gate_blocks=2, a_min=0.6, a_max=0.95)
     names = torch.ops.torch_lru.rglru_parameter_names(False)

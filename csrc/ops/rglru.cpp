@@ -1,10 +1,10 @@
 // The RG-LRU layer's math and initialisation as ops (see torch_lru/rglru.h). Composite, like the
-// LRU's (lru.cpp): written with ATen ops and the scan op (here with a per-step real coefficient),
-// so autograd, autocast, torch.compile and every backend come from the ops they call.
+// LRU's (lru.cpp): written with ATen ops, the gates op (rglru_gates.cpp, one fused pass on the CPU)
+// and the scan op (here with a per-step real coefficient), so autograd, autocast, torch.compile and
+// every backend come from the ops they call.
 #include "torch_lru/rglru.h"
 
 #include <cmath>
-#include <limits>
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
@@ -86,19 +86,13 @@ at::Tensor block_linear(const at::Tensor& x, const at::Tensor& W, const at::Tens
   return y.flatten(-2) + b;
 }
 
-// (a_t, sqrt(1 - a_t^2) * i_t * x_t) for x (..., N): the recurrence's coefficient and input.
+// (a_t, sqrt(1 - a_t^2) * i_t * x_t) for x (..., N): the recurrence's coefficient and input, from
+// the gates' projections of x (torch_lru::rglru_gates, rglru_gates.cpp).
 std::pair<at::Tensor, at::Tensor> gated(const at::Tensor& x, const at::Tensor& Lambda, const at::Tensor& W_a,
-                                        const at::Tensor& b_a, const at::Tensor& W_x, const at::Tensor& b_x, double c) {
-  auto r = at::sigmoid(block_linear(x, W_a, b_a));
-  auto i = at::sigmoid(block_linear(x, W_x, b_x));
-  // log a_t = c r_t log sigmoid(Lambda) = -c r_t softplus(-Lambda): exact as a_t -> 1.
-  auto log_a = (-c) * r * at::softplus(-Lambda);
-  // 1 - a_t^2 = -expm1(2 log a_t), no cancellation; clamped at the smallest normal number so that
-  // sqrt's derivative stays finite where a_t rounds to 1 (it is multiplied by a factor that is 0 there).
-  const double tiny = Lambda.scalar_type() == at::kDouble ? std::numeric_limits<double>::min()
-                                                          : static_cast<double>(std::numeric_limits<float>::min());
-  auto multiplier = at::sqrt(at::clamp_min(-at::expm1(2.0 * log_a), tiny));
-  return {at::exp(log_a), x * i * multiplier};
+                                        const at::Tensor& b_a, const at::Tensor& W_x, const at::Tensor& b_x, double c,
+                                        const std::optional<at::Tensor>& mask = std::nullopt) {
+  auto [a, input] = rglru_gates(x, block_linear(x, W_a, b_a), block_linear(x, W_x, b_x), Lambda, c, mask);
+  return {a, input};
 }
 
 std::tuple<at::Tensor, at::Tensor> rglru_recurrence_composite(const at::Tensor& x_in, const at::Tensor& Lambda,
@@ -119,13 +113,8 @@ std::tuple<at::Tensor, at::Tensor> rglru_recurrence_composite(const at::Tensor& 
     TORCH_CHECK(state->dim() == 2 && state->sym_size(0) == batch && state->sym_size(1) == N, op,
                 ": state must have shape (B, N) = (", batch, ", ", N, "), got ", state->sym_sizes());
   }
-  auto [a, input] = gated(x, Lambda, W_a, b_a, W_x, b_x, c);
-  if (has(mask)) {
-    // A padded step is the identity: h passes through it unchanged.
-    const auto padded = mask->logical_not().unsqueeze(-1);
-    a = a.masked_fill(padded, 1);
-    input = input.masked_fill(padded, 0);
-  }
+  // A padded step is the identity (a = 1, no input): h passes through it unchanged.
+  auto [a, input] = gated(x, Lambda, W_a, b_a, W_x, b_x, c, mask);
   auto h = scan(a, input, state, reverse);
   at::Tensor final_state;
   if (L == 0) {

@@ -4,64 +4,24 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cstdlib>
-#include <string>
-
+#include "ops/cpu_isa.h"
 #include "ops/scan_checks.h"
 #include "ops/scan_cpu_kernels_api.h"
 
 namespace torch_lru {
 namespace {
 
-// The widest kernel build the processor runs, or a narrower one named by the environment variable
-// TORCH_LRU_CPU_ISA (baseline, avx2, avx512; read once), to compare builds or test each of them.
-enum class Isa { baseline, avx2, avx512 };
-
-Isa best_isa() {
-  static const Isa isa = [] {
-    Isa best = Isa::baseline;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
-    if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")) {
-      best = Isa::avx512;
-    }
-#endif
-    const char* want = std::getenv("TORCH_LRU_CPU_ISA");
-    if (want == nullptr || *want == '\0') return best;
-    const std::string name(want);
-    const Isa cap = name == "baseline" ? Isa::baseline : name == "avx2" ? Isa::avx2 : Isa::avx512;
-    TORCH_CHECK(name == "baseline" || name == "avx2" || name == "avx512",
-                "TORCH_LRU_CPU_ISA must be baseline, avx2 or avx512, got '", name, "'");
-    return std::min(best, cap);
-  }();
-  return isa;
-}
-
-// The entry of the build best_isa() names, among the same kernel compiled for each build.
-template <typename Kernel>
-Kernel of_best_isa(Kernel avx512, Kernel avx2, Kernel baseline) {
-  switch (best_isa()) {
-    case Isa::avx512:
-      return avx512;
-    case Isa::avx2:
-      return avx2;
-    default:
-      return baseline;
-  }
-}
-
 template <typename T, bool kPerStep>
 auto forward_kernel() {
-  return of_best_isa(&cpu::avx512::scan_forward_kernel<T, kPerStep>, &cpu::avx2::scan_forward_kernel<T, kPerStep>,
-                     &cpu::baseline::scan_forward_kernel<T, kPerStep>);
+  return cpu::of_best_isa(&cpu::avx512::scan_forward_kernel<T, kPerStep>, &cpu::avx2::scan_forward_kernel<T, kPerStep>,
+                          &cpu::baseline::scan_forward_kernel<T, kPerStep>);
 }
 
 template <typename T, bool kPerStep>
 auto backward_kernel() {
-  return of_best_isa(&cpu::avx512::scan_backward_kernel<T, kPerStep>, &cpu::avx2::scan_backward_kernel<T, kPerStep>,
-                     &cpu::baseline::scan_backward_kernel<T, kPerStep>);
+  return cpu::of_best_isa(&cpu::avx512::scan_backward_kernel<T, kPerStep>,
+                          &cpu::avx2::scan_backward_kernel<T, kPerStep>,
+                          &cpu::baseline::scan_backward_kernel<T, kPerStep>);
 }
 
 void run_forward(const ForwardOperands& f, bool reverse, at::Tensor& h) {

@@ -8,6 +8,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -23,6 +25,7 @@
 #endif
 
 #define TORCH_LRU_CPU_ISA avx512
+#include "ops/rglru_gates_cpu_kernels.h"
 #include "ops/scan_cpu_kernels.h"
 
 namespace torch_lru::cpu::avx512 {

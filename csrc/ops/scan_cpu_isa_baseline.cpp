@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -14,6 +16,7 @@
 #include "ops/scan_cpu_kernels_api.h"
 
 #define TORCH_LRU_CPU_ISA baseline
+#include "ops/rglru_gates_cpu_kernels.h"
 #include "ops/scan_cpu_kernels.h"
 
 namespace torch_lru::cpu::baseline {

@@ -63,6 +63,14 @@ std::tuple<at::Tensor, at::Tensor> rglru_recurrence(const at::Tensor& x, const a
                                                     const std::optional<at::Tensor>& mask = std::nullopt,
                                                     bool reverse = false);
 
+// The recurrence's coefficient and input from the gate pre-activations (x, pre_a = x W_a + b_a,
+// pre_x = x W_x + b_x, all (..., N)): a = exp(-c sigmoid(pre_a) softplus(-Lambda)) and
+// input = sqrt(1 - a^2) * sigmoid(pre_x) * x. mask (x's shape without N) bool: false marks padding,
+// where a = 1 and input = 0. Fused into one pass (and one for the backward) on the CPU.
+std::tuple<at::Tensor, at::Tensor> rglru_gates(const at::Tensor& x, const at::Tensor& pre_a, const at::Tensor& pre_x,
+                                               const at::Tensor& Lambda, double c = kRGLRUc,
+                                               const std::optional<at::Tensor>& mask = std::nullopt);
+
 // Depthwise Conv1D over time of x (B, L, N) with weight (K, N) and bias (N):
 // y_t = bias + sum_j weight[j] x_{t-j} (x_{t+j} when reverse). state (B, K-1, N): the inputs
 // before t = 0, oldest first (zero when omitted; not with reverse). Inputs at masked positions
