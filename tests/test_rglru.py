@@ -193,6 +193,75 @@ def test_the_gates_op_names_bad_input():
         ops.rglru_gates(x, pre_a, pre_x.long(), Lambda)
 
 
+def taps_formula(padded, weight, bias, reverse=False):
+    """y_t = sum_j weight[j] padded[t + K-1-j] (padded[t + j] when reverse) + bias, in the order of j."""
+    K, L = weight.shape[0], padded.shape[1] - weight.shape[0] + 1
+    y = None
+    for j in range(K):
+        start = j if reverse else K - 1 - j
+        tap = padded[:, start : start + L] * weight[j]
+        y = tap if y is None else y + tap
+    return y + bias
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("K", [1, 2, 4])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_the_conv_taps_op_and_its_gradients_match_the_formula(device, dtype, K, reverse):
+    gen = torch.Generator().manual_seed(K)
+    for B, L, N in ((3, 300, 7), (2, 1, 5), (1, 600, 16)):
+        padded, weight, bias = (
+            torch.randn(shape, generator=gen, dtype=dtype).to(device).requires_grad_()
+            for shape in ((B, L + K - 1, N), (K, N), (N,))
+        )
+        y = ops.conv_taps(padded, weight, bias, reverse)
+        want = taps_formula(padded, weight, bias, reverse)
+        assert torch.equal(y, want)  # the same products summed in the same order
+        g = torch.randn_like(y)
+        got = torch.autograd.grad(y, (padded, weight, bias), g)
+        wanted = torch.autograd.grad(want, (padded, weight, bias), g)
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        for name, a, b in zip(("padded", "weight", "bias"), got, wanted):
+            torch.testing.assert_close(a, b, **tol, msg=name)
+
+
+def test_the_conv_taps_op_passes_opcheck_gradgradcheck_and_is_deterministic(device):
+    for reverse in (False, True):
+        padded = torch.randn(2, 9, 3, dtype=torch.float64, device=device, requires_grad=True)
+        weight = torch.randn(4, 3, dtype=torch.float64, device=device, requires_grad=True)
+        bias = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+        torch.library.opcheck(ops.conv_taps.default, (padded, weight, bias, reverse))
+
+        def f(*t, reverse=reverse):
+            return ops.conv_taps(*t, reverse)
+
+        assert torch.autograd.gradcheck(f, (padded, weight, bias))
+        assert torch.autograd.gradgradcheck(f, (padded, weight, bias))
+    padded, weight, bias = (torch.randn(s, requires_grad=True) for s in ((4, 2003, 32), (4, 32), (32,)))
+    threads, grads = torch.get_num_threads(), []
+    for n in (1, max(2, threads)):
+        torch.set_num_threads(n)
+        try:
+            grads.append(torch.autograd.grad(ops.conv_taps(padded, weight, bias).sum(), (weight, bias)))
+        finally:
+            torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    empty = ops.conv_taps(torch.zeros(0, 3, 2), torch.ones(4, 2), torch.ones(2))
+    assert empty.shape == (0, 0, 2)
+
+
+def test_the_conv_taps_op_names_bad_input():
+    padded, weight, bias = torch.randn(2, 9, 3), torch.randn(4, 3), torch.randn(3)
+    with pytest.raises(RuntimeError, match=r"conv_taps: padded must have shape \(B, L \+ K - 1, N\) with K = 4"):
+        ops.conv_taps(padded[:, :2], weight, bias)
+    with pytest.raises(RuntimeError, match=r"bias must have shape \(N,\) = \(3,\), got \[4\]"):
+        ops.conv_taps(padded, weight, torch.randn(4))
+    with pytest.raises(RuntimeError, match="padded must be Float on cpu \\(like weight\\), got Double"):
+        ops.conv_taps(padded.double(), weight, bias)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(K, N\) with K >= 1"):
+        ops.conv_taps(padded, weight[0], bias)
+
+
 def test_gradcheck_of_the_whole_layer():
     layer = make(H=3, N=4, gate_blocks=2, a_min=0.6, a_max=0.95)
     names = torch.ops.torch_lru.rglru_parameter_names(False)

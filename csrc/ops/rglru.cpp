@@ -161,12 +161,7 @@ std::tuple<at::Tensor, at::Tensor> causal_conv1d_composite(const at::Tensor& x_i
 
   // Padded with the K-1 earlier inputs on the side the window reaches: y_t reads padded[t + shift(j)].
   const auto padded = reverse ? at::cat({x, before.flip(1)}, 1) : at::cat({before, x}, 1);
-  auto tap = [&](int64_t j) {
-    return padded.narrow_symint(1, reverse ? c10::SymInt(j) : c10::SymInt(K - 1 - j), L) * weight.select(0, j);
-  };
-  auto y = tap(0);
-  for (int64_t j = 1; j < K; ++j) y = y + tap(j);
-  y = y + bias;
+  auto y = conv_taps(padded, weight, bias, reverse);
 
   // The K-1 inputs ending at the last valid position in the direction of travel, oldest first.
   at::Tensor final_state;

@@ -177,9 +177,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rglru_gates_backward_
           partial.mutable_data_ptr<scalar_t>(), rows, N);
     });
   }
-  // The blocks in order (deterministic), then d softplus(-Lambda) / d Lambda = -sigmoid(-Lambda).
-  auto g_sp = at::zeros_like(Lambda);
-  for (int64_t b = 0; b < blocks; ++b) g_sp.add_(partial.select(0, b));
+  // The blocks summed in order (deterministic: the last of the running sums), then
+  // d softplus(-Lambda) / d Lambda = -sigmoid(-Lambda).
+  const auto g_sp = blocks > 0 ? partial.cumsum(0).select(0, -1) : at::zeros_like(Lambda);
   return {gx, gpa, gpx, -g_sp * at::sigmoid(-Lambda)};
 }
 

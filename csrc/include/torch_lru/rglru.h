@@ -71,6 +71,11 @@ std::tuple<at::Tensor, at::Tensor> rglru_gates(const at::Tensor& x, const at::Te
                                                const at::Tensor& Lambda, double c = kRGLRUc,
                                                const std::optional<at::Tensor>& mask = std::nullopt);
 
+// The convolution's taps over an input padded with the K-1 inputs before the first step: padded
+// (B, L+K-1, N), weight (K, N), bias (N) -> y (B, L, N), y_t = sum_j weight[j] padded[t+K-1-j]
+// (padded[t+j] when reverse) + bias, summed in the order of j. One fused pass on the CPU.
+at::Tensor conv_taps(const at::Tensor& padded, const at::Tensor& weight, const at::Tensor& bias, bool reverse = false);
+
 // Depthwise Conv1D over time of x (B, L, N) with weight (K, N) and bias (N):
 // y_t = bias + sum_j weight[j] x_{t-j} (x_{t+j} when reverse). state (B, K-1, N): the inputs
 // before t = 0, oldest first (zero when omitted; not with reverse). Inputs at masked positions
