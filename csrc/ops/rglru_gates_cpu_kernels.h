@@ -61,6 +61,26 @@ inline double expm1_of(double x) { return std::expm1(x); }
 
 constexpr int64_t kRowsPerBlock = kGateRowsPerBlock;
 
+// The forward chain at one element, shared by both kernels (the backward recomputes it).
+template <typename T>
+struct Chain {
+  T r, i, a, one_minus_a2;  // 1 - a^2 before the clamp
+  bool clamped;             // 1 - a^2 < tiny: sqrt's argument is tiny and its derivative is zero
+  T mult;                   // sqrt(max(1 - a^2, tiny))
+
+  static Chain of(T pre_a, T pre_x, T sp, T c, T tiny) {
+    Chain g;
+    g.r = T(1) / (T(1) + exp_of(-pre_a));
+    g.i = T(1) / (T(1) + exp_of(-pre_x));
+    const T log_a = -c * g.r * sp;
+    g.a = exp_of(log_a);
+    g.one_minus_a2 = -expm1_of(T(2) * log_a);
+    g.clamped = g.one_minus_a2 < tiny;
+    g.mult = std::sqrt(g.clamped ? tiny : g.one_minus_a2);
+    return g;
+  }
+};
+
 }  // namespace gates
 
 // Forward over `rows` rows of N channels. sp = softplus(-Lambda) (N); valid (rows) or null: false
@@ -78,12 +98,9 @@ void rglru_gates_forward_kernel(const T* x, const T* pre_a, const T* pre_x, cons
       }
 #pragma omp simd
       for (int64_t j = 0; j < N; ++j) {
-        const T r = T(1) / (T(1) + gates::exp_of(-pre_a[o + j]));
-        const T i = T(1) / (T(1) + gates::exp_of(-pre_x[o + j]));
-        const T log_a = -c * r * sp[j];
-        const T one_minus_a2 = -gates::expm1_of(T(2) * log_a);
-        a[o + j] = gates::exp_of(log_a);
-        input[o + j] = x[o + j] * i * std::sqrt(one_minus_a2 < tiny ? tiny : one_minus_a2);
+        const auto g = gates::Chain<T>::of(pre_a[o + j], pre_x[o + j], sp[j], c, tiny);
+        a[o + j] = g.a;
+        input[o + j] = x[o + j] * g.i * g.mult;
       }
     }
   });
@@ -111,13 +128,9 @@ void rglru_gates_backward_kernel(const T* ga, const T* gi, const T* x, const T* 
         }
 #pragma omp simd
         for (int64_t j = 0; j < N; ++j) {
-          const T r = T(1) / (T(1) + gates::exp_of(-pre_a[o + j]));
-          const T i = T(1) / (T(1) + gates::exp_of(-pre_x[o + j]));
-          const T log_a = -c * r * sp[j];
-          const T a_j = gates::exp_of(log_a);
-          const T raw = -gates::expm1_of(T(2) * log_a);  // 1 - a^2
-          const bool clamped = raw < tiny;
-          const T mult = std::sqrt(clamped ? tiny : raw);
+          const auto ch = gates::Chain<T>::of(pre_a[o + j], pre_x[o + j], sp[j], c, tiny);
+          const T r = ch.r, i = ch.i, a_j = ch.a, mult = ch.mult;
+          const bool clamped = ch.clamped;
           const T g_in = gi[o + j];
           const T xv = x[o + j];
           gx[o + j] = g_in * i * mult;
