@@ -152,6 +152,11 @@ def test_the_gates_op_propagates_nan_and_takes_mixed_dtypes():
     a, inp = ops.rglru_gates(x, pre_a, pre_x, Lambda)
     assert a[0, 1, 2].isnan() and inp[0, 1, 2].isnan()
     assert a.isnan().sum() == 1 and inp.isnan().sum() == 1
+    for shape in ((0, 5, 8), (2, 0, 8)):  # empty inputs give empty outputs (and gradients)
+        empty = [torch.zeros(shape, requires_grad=True) for _ in range(3)]
+        a0, inp0 = ops.rglru_gates(*empty, Lambda)
+        assert a0.shape == inp0.shape == shape
+        assert torch.autograd.grad(a0.sum() + inp0.sum(), empty[0])[0].shape == shape
     # pre-activations in bfloat16 (as autocast's projections give them): the ATen formula, promoted
     # to float32 (its sigmoids round to bfloat16, hence the tolerance)
     a16, inp16 = ops.rglru_gates(x, pre_a.bfloat16(), pre_x.bfloat16(), Lambda)

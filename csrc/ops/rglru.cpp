@@ -1,7 +1,7 @@
 // The RG-LRU layer's math and initialisation as ops (see torch_lru/rglru.h). Composite, like the
-// LRU's (lru.cpp): written with ATen ops, the gates op (rglru_gates.cpp, one fused pass on the CPU)
-// and the scan op (here with a per-step real coefficient), so autograd, autocast, torch.compile and
-// every backend come from the ops they call.
+// LRU's (lru.cpp): written with ATen ops, the gates and convolution-taps ops (rglru_gates.cpp,
+// rglru_conv.cpp: one fused pass each on the CPU) and the scan op (here with a per-step real
+// coefficient), so autograd, autocast, torch.compile and every backend come from the ops they call.
 #include "torch_lru/rglru.h"
 
 #include <cmath>

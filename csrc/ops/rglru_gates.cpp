@@ -92,11 +92,6 @@ bool fused_applies(const at::Tensor& x, const at::Tensor& pre_a, const at::Tenso
          pre_a.scalar_type() == t && pre_x.scalar_type() == t;
 }
 
-template <typename Kernel>
-Kernel gate_kernel(Kernel avx512, Kernel avx2, Kernel baseline) {
-  return cpu::of_best_isa(avx512, avx2, baseline);
-}
-
 std::tuple<at::Tensor, at::Tensor> rglru_gates_cpu(const at::Tensor& x_in, const at::Tensor& pre_a_in,
                                                    const at::Tensor& pre_x_in, const at::Tensor& Lambda, double c,
                                                    const std::optional<at::Tensor>& mask) {
@@ -111,8 +106,9 @@ std::tuple<at::Tensor, at::Tensor> rglru_gates_cpu(const at::Tensor& x_in, const
   const int64_t N = Lambda.size(0), rows = N == 0 ? 0 : x.numel() / N;
   if (rows == 0 || N == 0) return {a, input};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kOp, [&] {
-    gate_kernel(&cpu::avx512::rglru_gates_forward_kernel<scalar_t>, &cpu::avx2::rglru_gates_forward_kernel<scalar_t>,
-                &cpu::baseline::rglru_gates_forward_kernel<scalar_t>)(
+    cpu::of_best_isa(&cpu::avx512::rglru_gates_forward_kernel<scalar_t>,
+                     &cpu::avx2::rglru_gates_forward_kernel<scalar_t>,
+                     &cpu::baseline::rglru_gates_forward_kernel<scalar_t>)(
         x.const_data_ptr<scalar_t>(), pre_a.const_data_ptr<scalar_t>(), pre_x.const_data_ptr<scalar_t>(),
         sp.const_data_ptr<scalar_t>(), valid.defined() ? valid.const_data_ptr<bool>() : nullptr, scalar_t(c),
         scalar_t(tiny_of(x.scalar_type())), a.mutable_data_ptr<scalar_t>(), input.mutable_data_ptr<scalar_t>(), rows,
@@ -167,9 +163,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rglru_gates_backward_
   auto partial = at::empty({blocks, N}, Lambda.options());
   if (rows > 0 && N > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "torch_lru::rglru_gates_backward", [&] {
-      gate_kernel(&cpu::avx512::rglru_gates_backward_kernel<scalar_t>,
-                  &cpu::avx2::rglru_gates_backward_kernel<scalar_t>,
-                  &cpu::baseline::rglru_gates_backward_kernel<scalar_t>)(
+      cpu::of_best_isa(&cpu::avx512::rglru_gates_backward_kernel<scalar_t>,
+                       &cpu::avx2::rglru_gates_backward_kernel<scalar_t>,
+                       &cpu::baseline::rglru_gates_backward_kernel<scalar_t>)(
           ga.const_data_ptr<scalar_t>(), gi.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
           pre_a.const_data_ptr<scalar_t>(), pre_x.const_data_ptr<scalar_t>(), sp.const_data_ptr<scalar_t>(),
           valid.defined() ? valid.const_data_ptr<bool>() : nullptr, scalar_t(c), scalar_t(tiny_of(x.scalar_type())),
