@@ -154,6 +154,8 @@ inline void for_channels(int64_t nb, Body&& body) {
 // channels downwards when kDown.
 template <typename T, bool kDown>
 struct Row {
+  using Coef = Row;  // a coefficient constant over the steps
+  using Acc = Row;   // a sum over steps
   T v[kMaxBlock];
 
   template <typename Body>
@@ -184,11 +186,11 @@ struct Row {
     });
   }
   template <bool kGrad>
-  void step_out_with(const Row& a, const T* x, T* out, const T* p, Row& acc, int64_t nb) {
+  void step_out_with(const Coef& a, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
     each(nb, [&](int64_t j) {
       v[j] = a.v[j] * v[j] + x[j];
       out[j] = v[j];
-      if (kGrad) acc.v[j] += conj_value(p[j]) * v[j];
+      if (kGrad) acc->v[j] += conj_value(p[j]) * v[j];
     });
   }
   template <bool kConj>
@@ -197,85 +199,197 @@ struct Row {
   }
 };
 
-// Complex state as separate real and imaginary arrays: the interleaved rows are read and written
-// with stride-2 accesses, which the compiler vectorises, where c10::complex arithmetic is not.
+// Interleaved complex values, kW reals (kW / 2 values) per vector (GCC/Clang vector extensions, so
+// each instruction-set build gets its own instructions). A complex product a * v is
+// re(a) * v + im(a) * swap(v) with the sign folded into the coefficient: one shuffle per vector,
+// where de-interleaving rows into real and imaginary arrays cost about six, which kept a core from
+// overlapping its arithmetic with memory (docs/perf.md, 2026-12-03).
+template <typename R>
+struct Pairs {
+#if defined(TORCH_LRU_CPU_HAS_AVX2) || defined(TORCH_LRU_CPU_HAS_AVX512)
+  static constexpr int64_t kBytes = 32;
+#else
+  static constexpr int64_t kBytes = 16;  // SSE2
+#endif
+  static constexpr int64_t kW = kBytes / int64_t(sizeof(R));
+  typedef R V __attribute__((vector_size(kBytes)));
+  using I = std::conditional_t<sizeof(R) == 4, int32_t, int64_t>;
+  typedef I M __attribute__((vector_size(kBytes)));
+
+  static V load(const R* p) {
+    V v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static void store(R* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
+  // The first n reals of a vector (the end of a row that does not fill one); the rest zero.
+  static V load(const R* p, int64_t n) {
+    V v{};
+    __builtin_memcpy(&v, p, n * sizeof(R));
+    return v;
+  }
+  static void store(R* p, V v, int64_t n) { __builtin_memcpy(p, &v, n * sizeof(R)); }
+  // Lane i takes lane (i ^ 1) (kMode 0: swap each pair), (i & ~1) (1: the real part twice) or
+  // (i | 1) (2: the imaginary part twice).
+  template <int kMode, size_t... i>
+  static V shuffle(V v, std::index_sequence<i...>) {
+    constexpr auto lane = [](size_t k) { return kMode == 0 ? k ^ 1 : kMode == 1 ? k & ~size_t(1) : k | 1; };
+#if defined(__clang__)
+    return __builtin_shufflevector(v, v, lane(i)...);
+#else
+    return __builtin_shuffle(v, M{I(lane(i))...});
+#endif
+  }
+  static V swap(V v) { return shuffle<0>(v, std::make_index_sequence<kW>{}); }
+  static V real_twice(V v) { return shuffle<1>(v, std::make_index_sequence<kW>{}); }
+  static V imag_twice(V v) { return shuffle<2>(v, std::make_index_sequence<kW>{}); }
+  // {even, odd, even, odd, ...}
+  static V alternate(R even, R odd) {
+    V v;
+    for (int64_t k = 0; k < kW; ++k) v[k] = k % 2 == 0 ? even : odd;
+    return v;
+  }
+  // The coefficients (re, im) of a * v = re * v + im * swap(v) for a vector of a (conj(a) when kConj).
+  template <bool kConj>
+  static void split(V a, V& re, V& im) {
+    re = real_twice(a);
+    im = imag_twice(a) * alternate(kConj ? R(1) : R(-1), kConj ? R(-1) : R(1));
+  }
+};
+
+// Complex state kept interleaved like the tensors' rows, handled a vector at a time.
 template <typename R, bool kDown>
 struct Row<c10::complex<R>, kDown> {
   using T = c10::complex<R>;
-  R re[kMaxBlock], im[kMaxBlock];
+  using P = Pairs<R>;
+  using V = typename P::V;
+  static constexpr int64_t kW = P::kW;
+  alignas(64) R v[2 * kMaxBlock];
 
   static const R* flat(const T* p) { return reinterpret_cast<const R*>(p); }
   static R* flat(T* p) { return reinterpret_cast<R*>(p); }
+  // body(k, n, full): the vector of reals [k, k + n) of a row of nb values; full (a
+  // std::integral_constant) when n is kW. Visited in groups of 256 B, downwards when kDown.
   template <typename Body>
   static void each(int64_t nb, Body&& body) {
-    for_channels<kDown, 256 / sizeof(T)>(nb, body);
+    constexpr int64_t group = 256 / P::kBytes;
+    const int64_t n = 2 * nb, full = n / kW, grouped = full / group * group;
+    auto vec = [&](int64_t q) { body(q * kW, kW, std::true_type{}); };
+    auto rest = [&] {
+      for (int64_t q = grouped; q < full; ++q) vec(q);
+      if (full * kW < n) body(full * kW, n - full * kW, std::false_type{});
+    };
+    if (kDown) {
+      rest();
+      for (int64_t q0 = grouped - group; q0 >= 0; q0 -= group) {
+        for (int64_t q = q0; q < q0 + group; ++q) vec(q);
+      }
+    } else {
+      for (int64_t q0 = 0; q0 < grouped; q0 += group) {
+        for (int64_t q = q0; q < q0 + group; ++q) vec(q);
+      }
+      rest();
+    }
+  }
+  // A vector of a tensor's row at real offset k (n reals when it is the row's last, partial one).
+  template <typename Full>
+  static V read(const R* p, int64_t k, int64_t n, Full) {
+    return Full::value ? P::load(p + k) : P::load(p + k, n);
+  }
+  template <typename Full>
+  static void write(R* p, int64_t k, int64_t n, Full, V x) {
+    Full::value ? P::store(p + k, x) : P::store(p + k, x, n);
   }
 
-  void load(const T* src, int64_t nb) {
-    const R* s = flat(src);
-    for (int64_t j = 0; j < nb; ++j) re[j] = s[2 * j], im[j] = s[2 * j + 1];
-  }
+  // A coefficient constant over the steps, stored as P::split leaves it.
+  struct Coef {
+    alignas(64) R re[2 * kMaxBlock], im[2 * kMaxBlock];
+    template <bool kConj>
+    void load_as(const T* src, int64_t nb) {
+      each(nb, [&](int64_t k, int64_t n, auto full) {
+        V r, i;
+        P::template split<kConj>(read(flat(src), k, n, full), r, i);
+        P::store(re + k, r), P::store(im + k, i);
+      });
+    }
+    void load(const T* src, int64_t nb) { load_as<false>(src, nb); }
+    void load_conj(const T* src, int64_t nb) { load_as<true>(src, nb); }
+    void fill(T value, int64_t nb) {
+      for (int64_t j = 0; j < nb; ++j) {
+        re[2 * j] = re[2 * j + 1] = value.real();
+        im[2 * j] = -value.imag(), im[2 * j + 1] = value.imag();
+      }
+    }
+  };
+  // The sum over steps of conj(p) * v, as the sums of p * v and p * swap(v) lane by lane.
+  struct Acc {
+    alignas(64) R pv[2 * kMaxBlock], ps[2 * kMaxBlock];
+    void fill(T value, int64_t nb) {  // so that get(j) is value
+      for (int64_t j = 0; j < nb; ++j) {
+        pv[2 * j] = value.real(), ps[2 * j] = value.imag();
+        pv[2 * j + 1] = ps[2 * j + 1] = R(0);
+      }
+    }
+    T get(int64_t j) const { return T(pv[2 * j] + pv[2 * j + 1], ps[2 * j] - ps[2 * j + 1]); }
+    void add(int64_t k, V p, V x) {
+      P::store(pv + k, P::load(pv + k) + p * x);
+      P::store(ps + k, P::load(ps + k) + p * P::swap(x));
+    }
+  };
+
+  void load(const T* src, int64_t nb) { std::copy_n(flat(src), 2 * nb, v); }
   void load_conj(const T* src, int64_t nb) {
-    const R* s = flat(src);
-    for (int64_t j = 0; j < nb; ++j) re[j] = s[2 * j], im[j] = -s[2 * j + 1];
+    for (int64_t j = 0; j < nb; ++j) v[2 * j] = src[j].real(), v[2 * j + 1] = -src[j].imag();
   }
   void fill(T value, int64_t nb) {
-    std::fill_n(re, nb, value.real());
-    std::fill_n(im, nb, value.imag());
+    for (int64_t j = 0; j < nb; ++j) v[2 * j] = value.real(), v[2 * j + 1] = value.imag();
   }
-  void store(T* dst, int64_t nb) const {
-    R* d = flat(dst);
-    for (int64_t j = 0; j < nb; ++j) d[2 * j] = re[j], d[2 * j + 1] = im[j];
-  }
-  T get(int64_t j) const { return T(re[j], im[j]); }
-  // (re, im) = (ar, ai) * (re, im) + (xr, xi) at channel j.
-  void mul_add(int64_t j, R ar, R ai, R xr, R xi) {
-    const R r = ar * re[j] - ai * im[j] + xr;
-    im[j] = ar * im[j] + ai * re[j] + xi, re[j] = r;
+  void store(T* dst, int64_t nb) const { std::copy_n(v, 2 * nb, flat(dst)); }
+  T get(int64_t j) const { return T(v[2 * j], v[2 * j + 1]); }
+
+  // v = a * v + x (a conjugated when kConj), a per channel in a tensor's row.
+  template <bool kConj>
+  void step(const T* a, const T* x, int64_t nb) {
+    each(nb, [&](int64_t k, int64_t n, auto full) {
+      V r, i, s = P::load(v + k);
+      P::template split<kConj>(read(flat(a), k, n, full), r, i);
+      P::store(v + k, r * s + (i * P::swap(s) + read(flat(x), k, n, full)));
+    });
   }
   template <bool kConj>
-  void step(const T* a_, const T* x_, int64_t nb) {
-    const R* a = flat(a_);
-    const R* x = flat(x_);
-    constexpr R sign = kConj ? R(-1) : R(1);
-    each(nb, [&](int64_t j) { mul_add(j, a[2 * j], sign * a[2 * j + 1], x[2 * j], x[2 * j + 1]); });
+  void scale(const T* a, int64_t nb) {
+    each(nb, [&](int64_t k, int64_t n, auto full) {
+      V r, i, s = P::load(v + k);
+      P::template split<kConj>(read(flat(a), k, n, full), r, i);
+      P::store(v + k, r * s + i * P::swap(s));
+    });
   }
+  // v = a * v + x and out = v, a per step (conjugated when kConj); when kGrad also the backward's
+  // grad_lam term of the step, conj(p) * v, written to pout.
   template <bool kConj, bool kGrad>
-  void step_out(const T* a_, const T* x_, T* out_, const T* p_, T* pout_, int64_t nb) {
-    const R* a = flat(a_);
-    const R* x = flat(x_);
-    const R* p = flat(p_);
-    R* out = flat(out_);
-    R* pout = flat(pout_);
-    constexpr R sign = kConj ? R(-1) : R(1);
-    each(nb, [&](int64_t j) {
-      mul_add(j, a[2 * j], sign * a[2 * j + 1], x[2 * j], x[2 * j + 1]);
-      out[2 * j] = re[j], out[2 * j + 1] = im[j];
-      if (kGrad) {  // conj(p) * v
-        pout[2 * j] = p[2 * j] * re[j] + p[2 * j + 1] * im[j];
-        pout[2 * j + 1] = p[2 * j] * im[j] - p[2 * j + 1] * re[j];
+  void step_out(const T* a, const T* x, T* out, const T* p, T* pout, int64_t nb) {
+    each(nb, [&](int64_t k, int64_t n, auto full) {
+      V r, i, s = P::load(v + k);
+      P::template split<kConj>(read(flat(a), k, n, full), r, i);
+      s = r * s + (i * P::swap(s) + read(flat(x), k, n, full));
+      P::store(v + k, s);
+      write(flat(out), k, n, full, s);
+      if (kGrad) {
+        P::template split<true>(read(flat(p), k, n, full), r, i);
+        write(flat(pout), k, n, full, r * s + i * P::swap(s));
       }
     });
   }
+  // The same with a constant coefficient; when kGrad the grad_lam term is added to *acc.
   template <bool kGrad>
-  void step_out_with(const Row& a, const T* x_, T* out_, const T* p_, Row& acc, int64_t nb) {
-    const R* x = flat(x_);
-    const R* p = flat(p_);
-    R* out = flat(out_);
-    each(nb, [&](int64_t j) {
-      mul_add(j, a.re[j], a.im[j], x[2 * j], x[2 * j + 1]);
-      out[2 * j] = re[j], out[2 * j + 1] = im[j];
-      if (kGrad) {  // acc += conj(p) * v
-        acc.re[j] += p[2 * j] * re[j] + p[2 * j + 1] * im[j];
-        acc.im[j] += p[2 * j] * im[j] - p[2 * j + 1] * re[j];
-      }
+  void step_out_with(const Coef& a, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
+    each(nb, [&](int64_t k, int64_t n, auto full) {
+      V s = P::load(v + k);
+      s = P::load(a.re + k) * s + (P::load(a.im + k) * P::swap(s) + read(flat(x), k, n, full));
+      P::store(v + k, s);
+      write(flat(out), k, n, full, s);
+      if (kGrad) acc->add(k, read(flat(p), k, n, full), s);
     });
-  }
-  template <bool kConj>
-  void scale(const T* a_, int64_t nb) {
-    const R* a = flat(a_);
-    constexpr R sign = kConj ? R(-1) : R(1);
-    each(nb, [&](int64_t j) { mul_add(j, a[2 * j], sign * a[2 * j + 1], R(0), R(0)); });
   }
 };
 
@@ -285,9 +399,10 @@ struct Row<c10::complex<R>, kDown> {
 // 1.2x faster, the prefetchers training on each page walked upwards (docs/perf.md, 2026-12-02).
 inline bool walk_down(bool descending, int64_t row_bytes) { return descending && row_bytes < 4096; }
 
-// Asks for the rows that the loop over steps reads `rows` steps ahead. The hardware prefetchers
-// alone left a scan 1.2-1.6x slower than an elementwise op over the same bytes: its per-step work
-// waits on memory without overlapping it (docs/perf.md, 2026-12-02).
+// Asks for the rows that the loop over steps reads `rows` steps ahead. On the Intel machine the
+// hardware prefetchers alone left a scan 1.2-1.6x slower than an elementwise op over the same
+// bytes (docs/perf.md, 2026-12-02); on the AMD one the same prefetching made the backward 1.2-1.6x
+// slower (2026-12-03), so it is asked for on Intel processors only.
 struct RowPrefetch {
   int64_t rows;  // steps ahead, about kPrefetchBytes of each stream; 0: off
   int64_t step;  // element distance between consecutive steps
@@ -296,10 +411,18 @@ struct RowPrefetch {
   // Below this size a tensor stays in the caches, where prefetching only costs instructions.
   static constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 
+  static bool pays() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    static const bool intel = __builtin_cpu_is("intel");
+    return intel;
+#else
+    return true;
+#endif
+  }
   template <typename T>
   static RowPrefetch make(const UnitLayout& lay, int64_t nb, int64_t B) {
     const int64_t row = nb * int64_t(sizeof(T));
-    const bool on = B * lay.L * lay.N * int64_t(sizeof(T)) > kCachedBytes;
+    const bool on = B * lay.L * lay.N * int64_t(sizeof(T)) > kCachedBytes && pays();
     return {on ? std::max<int64_t>(1, kPrefetchBytes / row) : 0, lay.step()};
   }
   // Prefetches the row of `nb` values that is `rows` steps after p, if step s + rows < s1.
@@ -357,11 +480,11 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
         carry.template step_out<false, false>(as, xs, hs, nullptr, nullptr, nb);
       }
     } else {
-      RowT a;  // the constant coefficient, laid out like the state (no per-step de-interleaving)
+      typename RowT::Coef a;  // the constant coefficient, prepared once
       a.load(as, nb);
       for (int64_t s = s0; s < s1; ++s, xs += step, hs += step) {
         ahead(xs, nb, s, s1);
-        carry.template step_out_with<false>(a, xs, hs, nullptr, a, nb);
+        carry.template step_out_with<false>(a, xs, hs, nullptr, nullptr, nb);
       }
     }
     carry.store(state, nb);
@@ -440,7 +563,8 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
   auto scan_steps = [&](auto grad_tag, int64_t u, int64_t s0, int64_t s1, T* state) {
     constexpr bool kGrad = decltype(grad_tag)::value;
     const int64_t nb = lay.width(u);
-    RowT d, acc;
+    RowT d;
+    typename RowT::Acc acc;
     d.load(state, nb);
     if (kGrad && !kPerStep) acc.fill(T(0), nb);
     const int64_t off = lay.offset(u, s0);
@@ -466,18 +590,18 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
         if (kGrad) gas += step;
       }
     } else {
-      RowT a, zero;  // conj of the constant coefficient, laid out like the state
+      typename RowT::Coef a, zero;  // conj of the constant coefficient, prepared once
       a.load_conj(coef(u, 0), nb);
       int64_t s = s0;
       if (s == 0) {
         zero.fill(T(0), nb);
-        d.template step_out_with<kGrad>(zero, gs, gxs, previous_h(s, hs), acc, nb);
+        d.template step_out_with<kGrad>(zero, gs, gxs, previous_h(s, hs), &acc, nb);
         ++s, gs += step, gxs += step, hs += step;
       }
       for (; s < s1; ++s, gs += step, gxs += step, hs += step) {
         ahead(gs, nb, s, s1);
         if (kGrad) ahead(hs + step, nb, s + 1, s1);
-        d.template step_out_with<kGrad>(a, gs, gxs, previous_h(s, hs), acc, nb);
+        d.template step_out_with<kGrad>(a, gs, gxs, previous_h(s, hs), &acc, nb);
       }
     }
     d.store(state, nb);

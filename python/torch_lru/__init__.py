@@ -30,6 +30,12 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value  # later look-ups skip this function
         return value
+    # a submodule not imported yet (torch_lru.modules after a bare `import torch_lru`)
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module 'torch_lru' has no attribute {name!r}")
 
 
