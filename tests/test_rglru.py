@@ -271,6 +271,8 @@ def test_the_conv_taps_op_names_bad_input():
         ops.conv_taps(padded, weight[0], bias)
     with pytest.raises(RuntimeError, match=r"weight must have shape \(K, N\) with K >= 1"):
         ops.conv_taps_backward(torch.randn(2, 6, 3), padded, weight[0], False)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(K, N\) with K >= 1, got \[\]"):
+        ops.conv_taps_backward(torch.randn(2, 6, 3), padded, weight[0, 0], False)
 
 
 def test_gradcheck_of_the_whole_layer():

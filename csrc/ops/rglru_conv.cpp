@@ -32,7 +32,8 @@ constexpr int64_t kStepsPerBlock = 256;
 
 int64_t shift(int64_t j, int64_t K, bool reverse) { return reverse ? j : K - 1 - j; }
 
-void check_taps_inputs(const at::Tensor& padded, const at::Tensor& weight, const at::Tensor& bias) {
+// bias: nullptr for the backward, which takes none.
+void check_taps_inputs(const at::Tensor& padded, const at::Tensor& weight, const at::Tensor* bias) {
   TORCH_CHECK(weight.defined() && weight.dim() == 2 && weight.size(0) >= 1, kOp,
               ": weight must have shape (K, N) with K >= 1, got ",
               weight.defined() ? weight.sym_sizes() : c10::SymIntArrayRef());
@@ -40,12 +41,15 @@ void check_taps_inputs(const at::Tensor& padded, const at::Tensor& weight, const
   TORCH_CHECK(padded.defined() && padded.dim() == 3 && padded.sym_size(2) == N && padded.sym_size(1) >= K - 1, kOp,
               ": padded must have shape (B, L + K - 1, N) with K = ", K, " and N = ", N, ", got ",
               padded.defined() ? padded.sym_sizes() : c10::SymIntArrayRef());
-  TORCH_CHECK(bias.defined() && bias.sym_sizes() == c10::SymIntArrayRef{N}, kOp, ": bias must have shape (N,) = (", N,
-              ",), got ", bias.defined() ? bias.sym_sizes() : c10::SymIntArrayRef());
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"padded", padded}, {"bias", bias}}) {
-    TORCH_CHECK(t.scalar_type() == weight.scalar_type() && t.device() == weight.device(), kOp, ": ", name, " must be ",
-                weight.scalar_type(), " on ", weight.device(), " (like weight), got ", t.scalar_type(), " on ",
-                t.device());
+  if (bias != nullptr) {
+    TORCH_CHECK(bias->defined() && bias->sym_sizes() == c10::SymIntArrayRef{N}, kOp, ": bias must have shape (N,) = (",
+                N, ",), got ", bias->defined() ? bias->sym_sizes() : c10::SymIntArrayRef());
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"padded", &padded}, {"bias", bias}}) {
+    if (t == nullptr) continue;
+    TORCH_CHECK(t->scalar_type() == weight.scalar_type() && t->device() == weight.device(), kOp, ": ", name,
+                " must be ", weight.scalar_type(), " on ", weight.device(), " (like weight), got ", t->scalar_type(),
+                " on ", t->device());
   }
   TORCH_CHECK(at::isFloatingType(weight.scalar_type()), kOp, ": weight must be real floating point, got ",
               weight.scalar_type());
@@ -130,7 +134,7 @@ void taps_backward_kernel(const T* g, const T* p, const T* w, T* out, T* acc_all
 
 at::Tensor conv_taps_cpu(const at::Tensor& padded_in, const at::Tensor& weight_in, const at::Tensor& bias_in,
                          bool reverse) {
-  check_taps_inputs(padded_in, weight_in, bias_in);
+  check_taps_inputs(padded_in, weight_in, &bias_in);
   const auto padded = padded_in.contiguous(), weight = weight_in.contiguous(), bias = bias_in.contiguous();
   const int64_t B = padded.size(0), K = weight.size(0), N = weight.size(1), L = padded.size(1) - (K - 1);
   auto y = at::empty({B, L, N}, padded.options());
@@ -143,13 +147,13 @@ at::Tensor conv_taps_cpu(const at::Tensor& padded_in, const at::Tensor& weight_i
 }
 
 at::Tensor conv_taps_meta(const at::Tensor& padded, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
-  check_taps_inputs(padded, weight, bias);
+  check_taps_inputs(padded, weight, &bias);
   const auto L = padded.sym_size(1) - (weight.sym_size(0) - 1);
   return at::empty_symint({padded.sym_size(0), L, padded.sym_size(2)}, padded.options());
 }
 
 at::Tensor conv_taps_other(const at::Tensor& padded, const at::Tensor& weight, const at::Tensor& bias, bool reverse) {
-  check_taps_inputs(padded, weight, bias);
+  check_taps_inputs(padded, weight, &bias);
   return taps_composite(padded, weight, bias, reverse);
 }
 
@@ -157,7 +161,7 @@ at::Tensor conv_taps_other(const at::Tensor& padded, const at::Tensor& weight, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_taps_backward_cpu(const at::Tensor& grad_y_in,
                                                                       const at::Tensor& padded_in,
                                                                       const at::Tensor& weight_in, bool reverse) {
-  check_taps_inputs(padded_in, weight_in, weight_in.select(0, 0));
+  check_taps_inputs(padded_in, weight_in, nullptr);
   const auto padded = padded_in.contiguous(), weight = weight_in.contiguous(), gy = grad_y_in.contiguous();
   const int64_t B = padded.size(0), K = weight.size(0), N = weight.size(1), P = padded.size(1), L = P - (K - 1);
   TORCH_CHECK(gy.dim() == 3 && gy.size(0) == B && gy.size(1) == L && gy.size(2) == N &&
@@ -180,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_taps_backward_cpu(const at::
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_taps_backward_meta(const at::Tensor& grad_y,
                                                                        const at::Tensor& padded,
                                                                        const at::Tensor& weight, bool reverse) {
-  check_taps_inputs(padded, weight, weight.select(0, 0));
+  check_taps_inputs(padded, weight, nullptr);
   return {at::empty_like(padded), at::empty_like(weight), at::empty_like(weight.select(0, 0))};
 }
 
