@@ -18,10 +18,10 @@ import json
 import resource
 import subprocess
 import sys
-import time
 import types
 
 import torch
+from bench_timing import MAX_WARMUP_CALLS, median_seconds
 
 import torch_lru
 from torch_lru.reference import lru_loop
@@ -68,29 +68,6 @@ def step_fn(module, inputs):
     return run
 
 
-def time_it(fn, device, min_time, max_reps):
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()  # warm-up (and the allocator's first growth)
-    sync()
-    times, total = [], 0.0
-    while len(times) < max_reps and (total < min_time or len(times) < 2):
-        start = torch.cuda.Event(enable_timing=True) if device == "cuda" else None
-        if start is not None:
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            sync()
-            dt = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-        times.append(dt)
-        total += dt
-    return sorted(times)[len(times) // 2]
-
-
 def floor_fn(B, L, H, N, device):
     """The layer's unavoidable work, on tensors prepared once (outputs allocated as the layer's are)."""
     g = torch.Generator().manual_seed(0)
@@ -130,8 +107,8 @@ def measure_floor(device, quick):
     floor = floor_fn(B, L, H, N, device)
     layer_s, floor_s = [], []
     for _ in range(3):  # alternated, so that both see the same machine
-        layer_s.append(time_it(layer, device, min_time=0.5, max_reps=10))
-        floor_s.append(time_it(floor, device, min_time=0.5, max_reps=10))
+        layer_s.append(median_seconds(layer, device, 0.5, max_reps=10, min_reps=2, label="layer"))
+        floor_s.append(median_seconds(floor, device, 0.5, max_reps=10, min_reps=2, label="floor"))
     return {"shape": f"B={B} L={L} H={H} N={N}", "layer_s": min(layer_s), "floor_s": min(floor_s)}
 
 
@@ -153,8 +130,9 @@ def measure(name, impl, device, quick):
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         fn()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    reps = 3 if impl == "loop" else 20
-    seconds = time_it(fn, device, min_time=0.5 if impl == "loop" else 1.0, max_reps=reps)
+    loop = impl == "loop"  # too slow to warm up more than once
+    warmup = 1 if loop else MAX_WARMUP_CALLS
+    seconds = median_seconds(fn, device, 0.5 if loop else 1.0, 3 if loop else 20, 2, max_warmup=warmup, label=name)
     return {
         "name": name,
         "impl": impl,

@@ -25,7 +25,8 @@ over the op's, forward and forward+backward.
         [--no-loop] [--no-backward] [--heap warm|cold] [--plot PATH] [--json PATH]
 
 --heap warm (the default) restarts the script with glibc told to keep freed memory
-(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), so that allocating calls reuse pages already
+(MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), and each timed call is first repeated until one
+takes no page faults (scripts/bench_timing.py), so that allocating calls reuse pages already
 faulted in; --heap cold keeps glibc's defaults, under which every output of these sizes is a
 fresh mmap whose page faults cost more than the kernels (the "alloc" rows then time mostly them).
 """
@@ -33,12 +34,11 @@ fresh mmap whose page faults cost more than the kernels (the "alloc" rows then t
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from typing import Callable, NamedTuple, Optional
 
 import torch
+from bench_timing import heap_is_warm, median_seconds, warm_heap
 
 import torch_lru
 from torch_lru.reference import scan_loop
@@ -46,21 +46,6 @@ from torch_lru.reference import scan_loop
 CPU_SIZES = [(8, 4096, 256), (8, 8192, 256), (1, 2**20, 64), (1, 4096, 64), (1, 4096, 1024)]
 CUDA_SIZES = [(32, 8192, 512), (1, 2**20, 256), (64, 1024, 256)]
 LOOP_MAX_L = 8192  # the Python loop is too slow to time beyond this
-
-
-def timeit(fn, device, min_time=0.4, max_reps=50):
-    """Median seconds of one call, after a warm-up call."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    start = time.perf_counter()
-    while len(times) < max_reps and (time.perf_counter() - start < min_time or len(times) < 3):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def log(msg):
@@ -191,11 +176,15 @@ def bench_size(B, L, N, device, peers=(), loop=True):
 
     t = {}
     log(f"size {B}x{L}x{N}")
-    t["copy alloc"] = timeit(lambda: x.clone(), device)
-    t["copy reuse"] = timeit(lambda: out.copy_(x), device)
-    t["scan alloc"] = timeit(lambda: torch_lru.scan(lam, x), device)
-    t["scan reuse"] = timeit(lambda: torch_lru.scan(lam, x, out=out), device)
-    t["backward alloc"] = timeit(lambda: torch.ops.torch_lru.scan_backward(g, lam, h, None, False, mask), device)
+    calls = {
+        "copy alloc": lambda: x.clone(),
+        "copy reuse": lambda: out.copy_(x),
+        "scan alloc": lambda: torch_lru.scan(lam, x),
+        "scan reuse": lambda: torch_lru.scan(lam, x, out=out),
+        "backward alloc": lambda: torch.ops.torch_lru.scan_backward(g, lam, h, None, False, mask),
+    }
+    for name, fn in calls.items():
+        t[name] = median_seconds(fn, device, label=name)
 
     lam_r, x_r = lam.clone().requires_grad_(), x.clone().requires_grad_()
 
@@ -203,16 +192,16 @@ def bench_size(B, L, N, device, peers=(), loop=True):
         y = scan_fn(lam_r, x_r)
         torch.autograd.grad(y, (lam_r, x_r), g)
 
-    t["scan fwd+bwd"] = timeit(lambda: fwd_bwd(torch_lru.scan), device)
+    t["scan fwd+bwd"] = median_seconds(lambda: fwd_bwd(torch_lru.scan), device, label="scan fwd+bwd")
     log(f"  op timed: {', '.join(f'{k} {v * 1e3:.1f} ms' for k, v in t.items())}")
     skipped = {}
     for name in peers:
         try:
             peer = PEERS[name](lam, x, g)
             check_peer(peer.h(), h)
-            t[f"{name} fwd"] = timeit(peer.forward, device)
+            t[f"{name} fwd"] = median_seconds(peer.forward, device, label=f"{name} fwd")
             if peer.fwd_bwd is not None:
-                t[f"{name} fwd+bwd"] = timeit(peer.fwd_bwd, device)
+                t[f"{name} fwd+bwd"] = median_seconds(peer.fwd_bwd, device, label=f"{name} fwd+bwd")
         except Skip as e:
             skipped[name] = str(e)
             log(f"  {name}: skipped, {e}")
@@ -223,8 +212,8 @@ def bench_size(B, L, N, device, peers=(), loop=True):
             torch.cuda.empty_cache()
     if loop and L <= LOOP_MAX_L:
         with torch.no_grad():
-            t["loop fwd"] = timeit(lambda: scan_loop(lam, x), device, min_time=0.2, max_reps=5)
-        t["loop fwd+bwd"] = timeit(lambda: fwd_bwd(scan_loop), device, min_time=0.2, max_reps=3)
+            t["loop fwd"] = median_seconds(lambda: scan_loop(lam, x), device, 0.2, max_reps=5, max_warmup=1)
+        t["loop fwd+bwd"] = median_seconds(lambda: fwd_bwd(scan_loop), device, 0.2, max_reps=3, max_warmup=1)
 
     gbs = lambda secs, nbytes: nbytes / secs / 1e9  # noqa: E731
     row = {
@@ -283,8 +272,8 @@ def bench_backward(B, L, N, device):
     row = {"size": [B, L, N]}
     for name, (per_step, mask) in BACKWARD_CASES.items():
         a, hh = (lam_t, h_t) if per_step else (lam, h)
-        op = timeit(lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask), device)
-        floor = timeit(floors[name], device)
+        op = median_seconds(lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask), device, label=name)
+        floor = median_seconds(floors[name], device, label=f"floor of {name}")
         row[name] = {"op ms": op * 1e3, "floor ms": floor * 1e3, "ratio": floor / op}
     ratios = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in row.items() if k != "size")
     log(f"  backward, floor / op: {ratios}")
@@ -304,7 +293,7 @@ def in_cache_rates(device):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {k: timeit(f, device, min_time=0.3, max_reps=2000) / x.numel() * 1e9 for k, f in calls.items()}
+        return {k: median_seconds(f, device, min_time=0.3, max_reps=2000) / x.numel() * 1e9 for k, f in calls.items()}
     finally:
         torch.set_num_threads(threads)
 
@@ -340,7 +329,7 @@ def print_peer_table(rows, peers):
 
 
 def print_table(rows, device):
-    heap = "warm" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "cold"
+    heap = "warm" if heap_is_warm() else "cold"
     print(f"\nscan benchmark, complex64, lam (N,), device={device}, threads={torch.get_num_threads()}, heap={heap}")
     head = (
         f"{'B x L x N':>18} | {'copy GB/s a/r':>14} | {'scan GB/s a/r':>14} | {'fwd/copy a/r':>12} | "
@@ -392,9 +381,8 @@ def main():
     ap.add_argument("--plot", help="write a bar chart (PNG) here")
     ap.add_argument("--json", help="write the figures (JSON) here")
     args = ap.parse_args()
-    if args.heap == "warm" and os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(2**32), MALLOC_TRIM_THRESHOLD_=str(2**36))
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads them at start-up
+    if args.heap == "warm":
+        warm_heap()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_scan.py: --device cuda but no GPU is visible")
     sizes = CUDA_SIZES if args.device == "cuda" else CPU_SIZES
