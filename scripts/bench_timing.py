@@ -2,11 +2,13 @@
 
 On the CPU an allocating call that gets fresh pages from the kernel pays a page fault per 4 KB,
 which costs more than the kernels measured here. `warm_heap()` restarts the script with glibc told
-to keep freed memory (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_); even then the first calls
-grow the heap, since PyTorch asks for 64-byte aligned blocks and glibc's aligned allocation needs
-a free block larger than the request: a block freed by the previous call of the same size does not
-fit until neighbouring free blocks have merged (five or six calls at 512 MB). So `median_seconds`
-warms a function up until one of its calls takes (almost) no page faults, and says on stderr when the timed
+to keep freed memory (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_) and to keep no per-thread
+cache of small blocks (glibc.malloc.tcache_count=0). The last matters: PyTorch asks for 64-byte
+aligned blocks, glibc's aligned allocation carves the block out of a larger one and frees the
+small remainder, and a remainder held in the per-thread cache keeps the large block, once freed,
+from merging with its neighbours; the next call's request then does not fit in it and the heap
+grows (fresh pages, every call, for five or six calls at 512 MB). `median_seconds` also warms a
+function up until one of its calls takes (almost) no page faults, and says on stderr when the timed
 calls still took some (their figures then include the faults).
 """
 
@@ -19,6 +21,7 @@ import time
 import torch
 
 HEAP_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36)}
+NO_TCACHE = "glibc.malloc.tcache_count=0"
 MAX_WARMUP_CALLS = 12
 NOTED_FAULTS = 256  # per call (1 MB of fresh pages): fewer are the small allocations of any call
 
@@ -31,7 +34,9 @@ def warm_heap():
     """Restart this script with glibc told to keep freed memory (it reads the variables at start-up)."""
     if not heap_is_warm():
         # orig_argv: the interpreter's own options and a -c program survive the restart too
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], dict(os.environ, **HEAP_ENV))
+        tunables = ":".join(t for t in (os.environ.get("GLIBC_TUNABLES"), NO_TCACHE) if t)
+        env = dict(os.environ, **HEAP_ENV, GLIBC_TUNABLES=tunables)
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def _faults():
