@@ -124,29 +124,36 @@ struct UnitLayout {
   int64_t step() const { return reverse ? -N : N; }
 };
 
-// Visits the channels j in [0, nb) kGroup at a time: upwards, or (kDown) from the top group down,
-// each group upwards. The fixed-length group loop vectorises without the peeling and alias checks
-// of a loop to nb. Walking down serves scans that step from row t to row t-1 through rows shorter
-// than a page: the addresses of the whole pass then fall steadily and the hardware prefetchers
-// follow them (see walk_down below).
+// The order of one pass over a row cut into `groups` whole groups and a rest: groups upwards, then
+// the rest; or (kDown) the rest, then the groups from the top down. Walking down serves scans that
+// step from row t to row t-1 through rows shorter than a page: the addresses of the whole pass then
+// fall steadily and the hardware prefetchers follow them (see walk_down below).
+template <bool kDown, typename Group, typename Rest>
+inline void in_row_order(int64_t groups, Group&& group, Rest&& rest) {
+  if (kDown) {
+    rest();
+    for (int64_t g = groups - 1; g >= 0; --g) group(g);
+  } else {
+    for (int64_t g = 0; g < groups; ++g) group(g);
+    rest();
+  }
+}
+
+// Visits the channels j in [0, nb) kGroup at a time, in row order (each group upwards). The
+// fixed-length group loop vectorises without the peeling and alias checks of a loop to nb.
 template <bool kDown, int64_t kGroup, typename Body>
 inline void for_channels(int64_t nb, Body&& body) {
-  const int64_t full = nb / kGroup * kGroup;
-  auto group = [&](int64_t j0) {
+  const int64_t groups = nb / kGroup;
+  auto group = [&](int64_t g) {
+    const int64_t j0 = g * kGroup;
 #pragma omp simd
     for (int64_t j = j0; j < j0 + kGroup; ++j) body(j);
   };
   auto rest = [&] {
 #pragma omp simd
-    for (int64_t j = full; j < nb; ++j) body(j);
+    for (int64_t j = groups * kGroup; j < nb; ++j) body(j);
   };
-  if (kDown) {
-    rest();
-    for (int64_t j0 = full - kGroup; j0 >= 0; j0 -= kGroup) group(j0);
-  } else {
-    for (int64_t j0 = 0; j0 < full; j0 += kGroup) group(j0);
-    rest();
-  }
+  in_row_order<kDown>(groups, group, rest);
 }
 
 // The state of one unit: `nb` channels, kept so that the loops over channels vectorise. Each loop
@@ -269,27 +276,21 @@ struct Row<c10::complex<R>, kDown> {
   static const R* flat(const T* p) { return reinterpret_cast<const R*>(p); }
   static R* flat(T* p) { return reinterpret_cast<R*>(p); }
   // body(k, n, full): the vector of reals [k, k + n) of a row of nb values; full (a
-  // std::integral_constant) when n is kW. Visited in groups of 256 B, downwards when kDown.
+  // std::integral_constant) when n is kW. Visited in groups of 256 B, in row order (in_row_order).
   template <typename Body>
   static void each(int64_t nb, Body&& body) {
-    constexpr int64_t group = 256 / P::kBytes;
-    const int64_t n = 2 * nb, full = n / kW, grouped = full / group * group;
+    constexpr int64_t kGroup = 256 / P::kBytes;  // vectors
+    const int64_t n = 2 * nb, full = n / kW, groups = full / kGroup;
     auto vec = [&](int64_t q) { body(q * kW, kW, std::true_type{}); };
+    auto group = [&](int64_t g) {
+      const int64_t q0 = g * kGroup;
+      for (int64_t q = q0; q < q0 + kGroup; ++q) vec(q);
+    };
     auto rest = [&] {
-      for (int64_t q = grouped; q < full; ++q) vec(q);
+      for (int64_t q = groups * kGroup; q < full; ++q) vec(q);
       if (full * kW < n) body(full * kW, n - full * kW, std::false_type{});
     };
-    if (kDown) {
-      rest();
-      for (int64_t q0 = grouped - group; q0 >= 0; q0 -= group) {
-        for (int64_t q = q0; q < q0 + group; ++q) vec(q);
-      }
-    } else {
-      for (int64_t q0 = 0; q0 < grouped; q0 += group) {
-        for (int64_t q = q0; q < q0 + group; ++q) vec(q);
-      }
-      rest();
-    }
+    in_row_order<kDown>(groups, group, rest);
   }
   // A vector of a tensor's row at real offset k (n reals when it is the row's last, partial one).
   template <typename Full>
