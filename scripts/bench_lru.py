@@ -8,9 +8,10 @@ GEMMs forward (B u and Re(C x)) and their four backward GEMMs, plus the scan's f
 backward (grad_x and grad_lam); "of floor" is the layer's time over the floor's. Peak memory is the
 extra memory one forward+backward needs beyond the model and inputs: on CUDA the allocator's peak
 (torch.cuda.max_memory_allocated); on the CPU the growth of the process's peak resident size, each
-measurement in a fresh process so that one does not hide another.
+measurement in a fresh process so that one does not hide another. --heap warm (the default) keeps
+freed memory for reuse, as in bench_scan.py (scripts/bench_timing.py).
 
-    scripts/python scripts/bench_lru.py [--device cpu|cuda] [--quick] [--json PATH]
+    scripts/python scripts/bench_lru.py [--device cpu|cuda] [--quick] [--heap warm|cold] [--json PATH]
 """
 
 import argparse
@@ -21,7 +22,7 @@ import sys
 import types
 
 import torch
-from bench_timing import MAX_WARMUP_CALLS, median_seconds
+from bench_timing import MAX_WARMUP_CALLS, heap_is_warm, median_seconds, warm_heap
 
 import torch_lru
 from torch_lru.reference import lru_loop
@@ -148,8 +149,11 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--json", help="write the rows (JSON) here")
+    ap.add_argument("--heap", default="warm", choices=["warm", "cold"], help="see bench_timing.py")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # NAME:IMPL, measured in this process (CPU runs)
     args = ap.parse_args()
+    if args.heap == "warm":
+        warm_heap()  # the measuring processes below inherit it
     if args.one:
         name, impl = args.one.split(":")
         row = (
@@ -181,7 +185,11 @@ def main():
         floor = measure_floor(args.device, args.quick)
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"LRU forward+backward, float32, {device_name}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    heap = "warm" if heap_is_warm() else "cold"
+    print(
+        f"LRU forward+backward, float32, {device_name}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, heap {heap}"
+    )
     print(f"{'module':<7} {'shape':<32} {'impl':<10} {'ms':>9} {'tokens/s':>11} {'peak MiB':>9} {'speed-up':>9}")
     for row in rows:
         ours = next(r for r in rows if r["name"] == row["name"] and r["impl"] == "torch_lru")
