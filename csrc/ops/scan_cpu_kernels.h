@@ -213,7 +213,9 @@ struct Row {
 // overlapping its arithmetic with memory (docs/perf.md, 2026-12-03).
 template <typename R>
 struct Pairs {
-#if defined(TORCH_LRU_CPU_HAS_AVX2) || defined(TORCH_LRU_CPU_HAS_AVX512)
+#if defined(TORCH_LRU_CPU_HAS_AVX512)
+  static constexpr int64_t kBytes = 64;  // 32 ran 1.3-1.4x slower in cache (docs/perf.md, 2026-12-04)
+#elif defined(TORCH_LRU_CPU_HAS_AVX2)
   static constexpr int64_t kBytes = 32;
 #else
   static constexpr int64_t kBytes = 16;  // SSE2
