@@ -359,6 +359,80 @@ def test_every_cpu_kernel_build(isa, tmp_path):
             torch.testing.assert_close(a.to(b.dtype), b, rtol=0, atol=tol)
 
 
+# Outputs past the caches (over 16 MB) are written with streaming stores when their rows fall on
+# vector boundaries (csrc/ops/scan_cpu_kernels.h, Row::streams). Each build computes large cases
+# twice: into fresh (aligned) outputs, and with every output one element off a vector boundary,
+# which takes ordinary stores; the two must agree bitwise (only the stores differ). The backward has
+# no out=, so its streamed outputs are checked against the same math written with the forward op
+# into a misaligned output (the adjoint is a scan in the other direction) and elementwise ops.
+STREAM_CASES = [  # (B, L, N, dtype): L split on two threads; whole rows; rows not on vector boundaries
+    (1, 1 << 16, 64, torch.complex64),
+    (2, 4096, 320, torch.complex64),
+    (1, 1 << 15, 64, torch.complex128),
+    (2, 30000, 37, torch.complex64),
+]
+STREAM_SCRIPT = """
+import sys, torch, torch_lru
+torch.set_num_threads(2)
+
+def off_boundary(like):  # a contiguous tensor one element past a 64-byte boundary
+    return torch.empty(like.numel() + 1, dtype=like.dtype)[1:].view(like.shape)
+
+def close(a, b, what):
+    err = (a - b).abs().max().item() / max(b.abs().max().item(), 1.0)
+    assert err < 1e-4, (what, err)
+
+for B, L, N, dtype, per_step, reverse in torch.load(sys.argv[1]):
+    case = (B, L, N, dtype, per_step, reverse)
+    g = torch.Generator().manual_seed(L + N)
+    x = torch.randn(B, L, N, dtype=dtype, generator=g)
+    shape = (B, L, N) if per_step else (N,)
+    mod = 0.5 + 0.5 * torch.rand(shape, dtype=torch.float64, generator=g)
+    lam = torch.polar(mod, torch.rand(shape, dtype=torch.float64, generator=g)).to(dtype)
+    h = torch_lru.scan(lam, x, None, reverse)
+    assert h.data_ptr() % 64 == 0
+    assert torch.equal(h, torch_lru.scan(lam, x, None, reverse, out=off_boundary(x))), case
+    gy = torch.randn(B, L, N, dtype=dtype, generator=g)
+    glam, gx, _ = torch.ops.torch_lru.scan_backward(gy, lam, h, None, reverse, [True, True, False])
+    t = 2 if reverse else 1  # the time axis runs towards the start when reverse
+    if per_step:  # d_k = g_k + conj(a_{k+1}) d_{k+1}, k counted in the scan's direction
+        coef = torch.zeros_like(lam)
+        if reverse:
+            coef[:, 1:] = lam[:, :-1].conj()
+        else:
+            coef[:, :-1] = lam[:, 1:].conj()
+    else:
+        coef = lam.conj()
+    want_gx = torch_lru.scan(coef, gy, None, not reverse, out=off_boundary(x))
+    close(gx, want_gx, ("grad_x",) + case)
+    h_prev = torch.zeros_like(h)  # h one step earlier in the scan's direction (h0 = 0)
+    if reverse:
+        h_prev[:, :-1] = h[:, 1:]
+    else:
+        h_prev[:, 1:] = h[:, :-1]
+    want_glam = h_prev.conj() * gx
+    close(glam, want_glam if per_step else want_glam.sum((0, 1)), ("grad_lam",) + case)
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_streaming_stores_every_cpu_kernel_build(isa, tmp_path):
+    import subprocess
+    import sys
+
+    cases = [c + (p, r) for c in STREAM_CASES for p in (False, True) for r in (False, True)]
+    torch.save(cases, tmp_path / "cases.pt")
+    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
+    done = subprocess.run(
+        [sys.executable, "-c", STREAM_SCRIPT, str(tmp_path / "cases.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_unknown_cpu_kernel_build_is_refused():
     import subprocess
     import sys

@@ -12,6 +12,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>  // streaming stores (Pairs::stream)
+#endif
+
 #include "ops/scan_combine.h"
 #include "ops/scan_cpu_kernels_api.h"
 

@@ -6,12 +6,13 @@
 //
 // Work is split into units of (batch row, block of channels); channels are the contiguous axis, and
 // a block is a whole row whenever N allows, so a unit streams through contiguous memory and the
-// inner loop over channels vectorises (complex state is kept as separate real and imaginary arrays
-// for that). When threads outnumber units two to one or more (small B, long L) L is split into
+// inner loop over channels vectorises (complex state is kept interleaved, as the tensors hold it:
+// Pairs, Row<complex>). When threads outnumber units two to one or more (small B, long L) L is split into
 // chunks, chained as in a decoupled look-back scan (run_partitioned). Chunks are sized to stay in
 // a core's L2 between reduction and scan, so memory traffic stays near one read of x and one write
 // of h. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
-// with the rows a few steps ahead prefetched and the channels walked in the direction of travel.
+// with the rows a few steps ahead prefetched and the channels walked in the direction of travel;
+// complex outputs larger than the caches are written with streaming stores (Row::streams).
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -24,6 +25,8 @@ constexpr int64_t kMaxBlock = 1024;          // channels per unit; the unit's st
 constexpr int64_t kMinSplit = 256;           // fewest channels of a row given to one unit when rows are split
 constexpr int64_t kChunkBytes = 256 * 1024;  // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
+// Outputs larger than this are written with streaming stores where the rows allow (Row::streams).
+constexpr int64_t kStreamBytes = 16 * 1024 * 1024;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
@@ -184,7 +187,10 @@ struct Row {
   // v = a * v + x and out = v, a per step (conjugated when kConj) or constant (held in a Row);
   // when kGrad also the backward's grad_lam term of the step, conj(p) * v, written to pout (per
   // step) or added to acc (constant). One pass over the row: the state stays in L1 between parts.
-  template <bool kConj, bool kGrad>
+  // Real rows are written with ordinary stores (see the complex Row's streams).
+  static bool streams(const T*, int64_t) { return false; }
+  static void fence() {}
+  template <bool kConj, bool kGrad, bool kStream = false>
   void step_out(const T* a, const T* x, T* out, const T* p, T* pout, int64_t nb) {
     each(nb, [&](int64_t j) {
       v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j];
@@ -192,7 +198,7 @@ struct Row {
       if (kGrad) pout[j] = conj_value(p[j]) * v[j];
     });
   }
-  template <bool kGrad>
+  template <bool kGrad, bool kStream = false>
   void step_out_with(const Coef& a, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
     each(nb, [&](int64_t j) {
       v[j] = a.v[j] * v[j] + x[j];
@@ -238,6 +244,37 @@ struct Pairs {
     return v;
   }
   static void store(R* p, V v, int64_t n) { __builtin_memcpy(p, &v, n * sizeof(R)); }
+  // A streaming store to p (aligned to kBytes): the line goes to memory without being read first.
+  // An ordinary store reads each line it writes, so a pass that writes a tensor larger than the
+  // caches moves its bytes twice (docs/perf.md, 2026-12-04). fence() orders these stores before
+  // any later one, so that other threads see them once the pass is over.
+  static void stream(R* p, V v) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(TORCH_LRU_CPU_HAS_AVX512)
+    if constexpr (sizeof(R) == 4)
+      _mm512_stream_ps(p, (__m512)v);
+    else
+      _mm512_stream_pd(p, (__m512d)v);
+#elif defined(TORCH_LRU_CPU_HAS_AVX2)
+    if constexpr (sizeof(R) == 4)
+      _mm256_stream_ps(p, (__m256)v);
+    else
+      _mm256_stream_pd(p, (__m256d)v);
+#else
+    if constexpr (sizeof(R) == 4)
+      _mm_stream_ps(p, (__m128)v);
+    else
+      _mm_stream_pd(p, (__m128d)v);
+#endif
+#else
+    store(p, v);
+#endif
+  }
+  static void fence() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    _mm_sfence();
+#endif
+  }
   // Lane i takes lane (i ^ 1) (kMode 0: swap each pair), (i & ~1) (1: the real part twice) or
   // (i | 1) (2: the imaginary part twice).
   template <int kMode, size_t... i>
@@ -299,10 +336,24 @@ struct Row<c10::complex<R>, kDown> {
   static V read(const R* p, int64_t k, int64_t n, Full) {
     return Full::value ? P::load(p + k) : P::load(p + k, n);
   }
-  template <typename Full>
+  // kStream: whole vectors with streaming stores (the row's last, partial one never).
+  template <bool kStream, typename Full>
   static void write(R* p, int64_t k, int64_t n, Full, V x) {
-    Full::value ? P::store(p + k, x) : P::store(p + k, x, n);
+    if constexpr (!Full::value) {
+      P::store(p + k, x, n);
+    } else if constexpr (kStream) {
+      P::stream(p + k, x);
+    } else {
+      P::store(p + k, x);
+    }
   }
+  // Whether the rows of an output, `step` values apart from the row at `out` on, can be written
+  // with streaming stores: every whole vector of every row falls on a vector boundary.
+  static bool streams(const T* out, int64_t step) {
+    const auto bytes = [](int64_t v) { return v * int64_t(sizeof(T)); };
+    return reinterpret_cast<uintptr_t>(out) % P::kBytes == 0 && bytes(step < 0 ? -step : step) % P::kBytes == 0;
+  }
+  static void fence() { P::fence(); }
 
   // A coefficient constant over the steps, stored as P::split leaves it.
   struct Coef {
@@ -369,28 +420,28 @@ struct Row<c10::complex<R>, kDown> {
   }
   // v = a * v + x and out = v, a per step (conjugated when kConj); when kGrad also the backward's
   // grad_lam term of the step, conj(p) * v, written to pout.
-  template <bool kConj, bool kGrad>
+  template <bool kConj, bool kGrad, bool kStream = false>
   void step_out(const T* a, const T* x, T* out, const T* p, T* pout, int64_t nb) {
     each(nb, [&](int64_t k, int64_t n, auto full) {
       V r, i, s = P::load(v + k);
       P::template split<kConj>(read(flat(a), k, n, full), r, i);
       s = r * s + (i * P::swap(s) + read(flat(x), k, n, full));
       P::store(v + k, s);
-      write(flat(out), k, n, full, s);
+      write<kStream>(flat(out), k, n, full, s);
       if (kGrad) {
         P::template split<true>(read(flat(p), k, n, full), r, i);
-        write(flat(pout), k, n, full, r * s + i * P::swap(s));
+        write<kStream>(flat(pout), k, n, full, r * s + i * P::swap(s));
       }
     });
   }
   // The same with a constant coefficient; when kGrad the grad_lam term is added to *acc.
-  template <bool kGrad>
+  template <bool kGrad, bool kStream = false>
   void step_out_with(const Coef& a, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
     each(nb, [&](int64_t k, int64_t n, auto full) {
       V s = P::load(v + k);
       s = P::load(a.re + k) * s + (P::load(a.im + k) * P::swap(s) + read(flat(x), k, n, full));
       P::store(v + k, s);
-      write(flat(out), k, n, full, s);
+      write<kStream>(flat(out), k, n, full, s);
       if (kGrad) acc->add(k, read(flat(p), k, n, full), s);
     });
   }
@@ -468,7 +519,9 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : power(a[j], s1 - s0), Bv.get(j)};
   };
 
-  auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
+  // kStream (a std::bool_constant): h written with streaming stores.
+  auto scan_steps = [&](auto stream_tag, int64_t u, int64_t s0, int64_t s1, T* state) {
+    constexpr bool kStream = decltype(stream_tag)::value;
     const int64_t nb = lay.width(u);
     RowT carry;
     carry.load(state, nb);
@@ -480,17 +533,26 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
       for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += step) {
         ahead(xs, nb, s, s1);
         ahead(as, nb, s, s1);
-        carry.template step_out<false, false>(as, xs, hs, nullptr, nullptr, nb);
+        carry.template step_out<false, false, kStream>(as, xs, hs, nullptr, nullptr, nb);
       }
     } else {
       typename RowT::Coef a;  // the constant coefficient, prepared once
       a.load(as, nb);
       for (int64_t s = s0; s < s1; ++s, xs += step, hs += step) {
         ahead(xs, nb, s, s1);
-        carry.template step_out_with<false>(a, xs, hs, nullptr, nullptr, nb);
+        carry.template step_out_with<false, kStream>(a, xs, hs, nullptr, nullptr, nb);
       }
     }
+    if (kStream) RowT::fence();
     carry.store(state, nb);
+  };
+  const bool large = p.units / p.blocks * L * N * int64_t(sizeof(T)) > kStreamBytes;
+  auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
+    if (large && RowT::streams(h + lay.offset(u, s0), step)) {
+      scan_steps(std::true_type{}, u, s0, s1, state);
+    } else {
+      scan_steps(std::false_type{}, u, s0, s1, state);
+    }
   };
 
   std::vector<T> state(p.units * p.block, T(0));
@@ -561,10 +623,12 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
     }
   };
 
-  // Steps [s0, s1) of unit u from the carry in `state`; kGrad: grad_lam wanted. Each step is one
-  // pass over its row: d = conj(a) d + g, grad_x = d and the grad_lam term conj(h_{k-1}) d.
-  auto scan_steps = [&](auto grad_tag, int64_t u, int64_t s0, int64_t s1, T* state) {
+  // Steps [s0, s1) of unit u from the carry in `state`; kGrad: grad_lam wanted; kStream: the
+  // outputs written with streaming stores. Each step is one pass over its row: d = conj(a) d + g,
+  // grad_x = d and the grad_lam term conj(h_{k-1}) d.
+  auto scan_steps = [&](auto grad_tag, auto stream_tag, int64_t u, int64_t s0, int64_t s1, T* state) {
     constexpr bool kGrad = decltype(grad_tag)::value;
+    constexpr bool kStream = decltype(stream_tag)::value;
     const int64_t nb = lay.width(u);
     RowT d;
     typename RowT::Acc acc;
@@ -588,7 +652,7 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
         ahead(gs, nb, s, s1);
         ahead(a_here, nb, s, s1);
         if (kGrad) ahead(hs + step, nb, s + 1, s1);
-        d.template step_out<true, kGrad>(as, gs, gxs, previous_h(s, hs), gas, nb);
+        d.template step_out<true, kGrad, kStream>(as, gs, gxs, previous_h(s, hs), gas, nb);
         as = s == 0 ? coef(u, 0) : as + step;
         if (kGrad) gas += step;
       }
@@ -598,15 +662,16 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
       int64_t s = s0;
       if (s == 0) {
         zero.fill(T(0), nb);
-        d.template step_out_with<kGrad>(zero, gs, gxs, previous_h(s, hs), &acc, nb);
+        d.template step_out_with<kGrad, kStream>(zero, gs, gxs, previous_h(s, hs), &acc, nb);
         ++s, gs += step, gxs += step, hs += step;
       }
       for (; s < s1; ++s, gs += step, gxs += step, hs += step) {
         ahead(gs, nb, s, s1);
         if (kGrad) ahead(hs + step, nb, s + 1, s1);
-        d.template step_out_with<kGrad>(a, gs, gxs, previous_h(s, hs), &acc, nb);
+        d.template step_out_with<kGrad, kStream>(a, gs, gxs, previous_h(s, hs), &acc, nb);
       }
     }
+    if (kStream) RowT::fence();
     d.store(state, nb);
     if (!kPerStep && kGrad) {
       // One row per (unit, chunk), summed below in a fixed order: deterministic.
@@ -614,11 +679,21 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
       for (int64_t j = 0; j < nb; ++j) row[j] = acc.get(j);
     }
   };
+  const bool large = p.units / p.blocks * L * N * int64_t(sizeof(T)) > kStreamBytes;
+  auto streams = [&](int64_t u, int64_t s0) {
+    const int64_t off = lay.offset(u, s0);
+    return large && RowT::streams(gx + off, step) && (!kPerStep || !grad_lam || RowT::streams(glam + off, step));
+  };
   auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
-    if (grad_lam) {
-      scan_steps(std::true_type{}, u, s0, s1, state);
+    const bool nt = streams(u, s0);
+    if (grad_lam && nt) {
+      scan_steps(std::true_type{}, std::true_type{}, u, s0, s1, state);
+    } else if (grad_lam) {
+      scan_steps(std::true_type{}, std::false_type{}, u, s0, s1, state);
+    } else if (nt) {
+      scan_steps(std::false_type{}, std::true_type{}, u, s0, s1, state);
     } else {
-      scan_steps(std::false_type{}, u, s0, s1, state);
+      scan_steps(std::false_type{}, std::false_type{}, u, s0, s1, state);
     }
   };
 
