@@ -433,6 +433,63 @@ def test_streaming_stores_every_cpu_kernel_build(isa, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+# Tensors that stay in the caches (up to 4 MB) take the constant-coefficient steps a tile at a time,
+# with each part of the row held in registers through the tile (Row::steps_with); larger ones take
+# one step at a time, a vector at a time (Row::step_out_with), in separate code. Each channel's
+# arithmetic is the same either way, so a small case must give
+# the same bits as the same rows inside a batch too large to be tiled (its other rows zero, which
+# adds exact zeros to grad_lam). Rows with whole register groups, a rest and a partial vector; h0,
+# whose step is taken on its own in the backward; both directions; the real loops too.
+TILE_CASES = [
+    (300, 70, torch.complex64),
+    (3000, 5, torch.complex64),
+    (200, 70, torch.complex128),
+    (500, 64, torch.complex64),
+    (400, 33, torch.float32),
+]
+TILE_SCRIPT = """
+import sys, torch, torch_lru
+torch.set_num_threads(2)
+for L, N, dtype in torch.load(sys.argv[1]):
+    g = torch.Generator().manual_seed(L + N)
+    real = not dtype.is_complex
+    mod = 0.5 + 0.5 * torch.rand(N, dtype=torch.float64, generator=g)
+    lam = (mod if real else torch.polar(mod, torch.rand(N, dtype=torch.float64, generator=g))).to(dtype)
+    big_b = 4 * 2**20 // (L * N * torch.empty((), dtype=dtype).element_size()) + 2
+    x, gy = (torch.zeros(big_b, L, N, dtype=dtype) for _ in range(2))
+    h0 = torch.zeros(big_b, N, dtype=dtype)
+    for t in (x, gy, h0):
+        t[0] = torch.randn(t.shape[1:], dtype=dtype, generator=g)
+    for reverse in (False, True):
+        case = (L, N, dtype, reverse)
+        small = [t[:1].clone() for t in (x, gy, h0)]
+        h = torch_lru.scan(lam, x, h0, reverse)
+        h_small = torch_lru.scan(lam, small[0], small[2], reverse)
+        assert torch.equal(h_small, h[:1]), ("h",) + case
+        grads = torch.ops.torch_lru.scan_backward(gy, lam, h, h0, reverse, [True, True, True])
+        grads_small = torch.ops.torch_lru.scan_backward(small[1], lam, h_small, small[2], reverse, [True, True, True])
+        for name, a, b in zip(("grad_lam", "grad_x", "grad_h0"), grads_small, grads):
+            assert torch.equal(a, b if name == "grad_lam" else b[:1]), (name,) + case
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_register_tiles_agree_bitwise_with_one_step_at_a_time(isa, tmp_path):
+    import subprocess
+    import sys
+
+    torch.save(TILE_CASES, tmp_path / "cases.pt")
+    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
+    done = subprocess.run(
+        [sys.executable, "-c", TILE_SCRIPT, str(tmp_path / "cases.pt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_unknown_cpu_kernel_build_is_refused():
     import subprocess
     import sys

@@ -12,7 +12,9 @@
 // a core's L2 between reduction and scan, so memory traffic stays near one read of x and one write
 // of h. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
 // with the rows a few steps ahead prefetched and the channels walked in the direction of travel;
-// complex outputs larger than the caches are written with streaming stores (Row::streams).
+// complex outputs larger than the caches are written with streaming stores (Row::streams). Tensors
+// that stay in the caches take the constant-coefficient steps a tile at a time, the state held in
+// registers through the tile (Row::steps_with).
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -25,8 +27,12 @@ constexpr int64_t kMaxBlock = 1024;          // channels per unit; the unit's st
 constexpr int64_t kMinSplit = 256;           // fewest channels of a row given to one unit when rows are split
 constexpr int64_t kChunkBytes = 256 * 1024;  // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
+// Tensors up to this size stay in the caches: the loops are bound by their arithmetic there.
+constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 // Outputs larger than this are written with streaming stores where the rows allow (Row::streams).
 constexpr int64_t kStreamBytes = 16 * 1024 * 1024;
+// Bytes of a row in one tile of steps of the constant-coefficient loops (Row::steps_with).
+constexpr int64_t kTileBytes = 4096;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
@@ -34,8 +40,18 @@ struct Partition {
   int64_t blocks = 1;      // units per batch row
   int64_t units = 0;       // B * blocks
   ChunkPlan chunks{0, 1};  // the split of L (one chunk: no split)
+  int64_t bytes = 0;       // of one (B, L, N) tensor
 
   bool split() const { return chunks.num_chunks() > 1; }
+  bool cached() const { return bytes <= kCachedBytes; }
+  bool streamed() const { return bytes > kStreamBytes; }  // outputs written with streaming stores
+  // Steps per tile of the constant-coefficient loops (Row::steps_with) on rows of `row_bytes`: a
+  // tile of a row spans about a page in cache. Past the caches one step: a tile's order of lines
+  // (a part of each row, then the next part) lost the prefetchers' track, and the 1x2^20x64
+  // backward ran 1.5x slower (docs/perf.md, 2026-12-04).
+  int64_t tile_steps(int64_t row_bytes) const {
+    return cached() ? std::max<int64_t>(1, kTileBytes / std::max<int64_t>(row_bytes, 1)) : 1;
+  }
   // Index of the chunk holding logical step s.
   int64_t chunk_of(int64_t s) const { return s / chunks.chunk_len; }
 };
@@ -43,6 +59,7 @@ struct Partition {
 Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   Partition p;
+  p.bytes = B * L * N * elem_size;
   // Whole rows: splitting a row among threads would turn one contiguous stream into many strided
   // ones, which the prefetchers follow badly; below one unit per thread, L is split instead.
   p.block = std::min(N, kMaxBlock);
@@ -209,6 +226,19 @@ struct Row {
   template <bool kConj>
   void scale(const T* a, int64_t nb) {
     each(nb, [&](int64_t j) { v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j]; });
+  }
+  // `steps` steps of v = a * v + x, rows `stride` values apart (see the complex Row's steps_with);
+  // kOut: out = v at each step, with step_out_with's grad_lam term when kGrad.
+  template <bool kOut, bool kGrad, bool kStream = false>
+  void steps_with(const Coef& a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t o = t * stride;
+      if constexpr (kOut) {
+        step_out_with<kGrad, kStream>(a, x + o, out + o, kGrad ? p + o : nullptr, acc, nb);
+      } else {
+        each(nb, [&](int64_t j) { v[j] = a.v[j] * v[j] + x[o + j]; });
+      }
+    }
   }
 };
 
@@ -445,6 +475,71 @@ struct Row<c10::complex<R>, kDown> {
       if (kGrad) acc->add(k, read(flat(p), k, n, full), s);
     });
   }
+
+  // `steps` steps of step_out_with (kOut; without it only v = a * v + x), the rows of x, out and p
+  // `stride` values apart. The row is walked a tile at a time: kTile vectors of it, whose state,
+  // coefficient and sums stay in registers through all the steps, then the next kTile. A step of
+  // the row at a time keeps them in the arrays above, which cost a core 5 loads and 3 stores per
+  // vector and step beside the data's 2 and 1 (docs/perf.md, 2026-12-04). Each channel's arithmetic
+  // is step_out_with's, in the same order: the results are the same bits (tests/test_scan.py).
+#if defined(TORCH_LRU_CPU_HAS_AVX512)
+  static constexpr int64_t kTile = 4;  // 5 registers a vector with the sums: 20 of the 32
+#else
+  static constexpr int64_t kTile = 2;  // of 16 registers
+#endif
+  template <bool kOut, bool kGrad, bool kStream = false>
+  void steps_with(const Coef& a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
+    if (kOut && steps == 1) {  // one step (tensors past the caches): step_out_with, a vector at a time
+      step_out_with<kGrad, kStream>(a, x, out, p, acc, nb);
+      return;
+    }
+    const int64_t n = 2 * nb, full = n / kW, groups = full / kTile;
+    auto group = [&](int64_t g) {
+      tile<kTile, kOut, kGrad, kStream>(g * kTile * kW, kW, std::true_type{}, a, steps, 2 * stride, x, out, p, acc);
+    };
+    auto rest = [&] {
+      for (int64_t q = groups * kTile; q < full; ++q) {
+        tile<1, kOut, kGrad, kStream>(q * kW, kW, std::true_type{}, a, steps, 2 * stride, x, out, p, acc);
+      }
+      if (full * kW < n) {
+        tile<1, kOut, kGrad, kStream>(full * kW, n - full * kW, std::false_type{}, a, steps, 2 * stride, x, out, p,
+                                      acc);
+      }
+    };
+    in_row_order<kDown>(groups, group, rest);
+  }
+
+ private:
+  // kG vectors from real offset k on (n reals in each when not Full: then kG is 1) through `steps`
+  // rows `stride` reals apart.
+  template <int64_t kG, bool kOut, bool kGrad, bool kStream, typename Full>
+  void tile(int64_t k, int64_t n, Full full, const Coef& a, int64_t steps, int64_t stride, const T* x, T* out,
+            const T* p, Acc* acc) {
+    V s[kG], re[kG], im[kG], pv[kG], ps[kG];
+    for (int64_t i = 0; i < kG; ++i) {
+      const int64_t ki = k + i * kW;
+      s[i] = P::load(v + ki), re[i] = P::load(a.re + ki), im[i] = P::load(a.im + ki);
+      if constexpr (kGrad) pv[i] = P::load(acc->pv + ki), ps[i] = P::load(acc->ps + ki);
+    }
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t o = t * stride;
+      for (int64_t i = 0; i < kG; ++i) {
+        const int64_t ki = k + i * kW;
+        s[i] = re[i] * s[i] + (im[i] * P::swap(s[i]) + read(flat(x) + o, ki, n, full));
+        if constexpr (kOut) write<kStream>(flat(out) + o, ki, n, full, s[i]);
+        if constexpr (kGrad) {
+          const V q = read(flat(p) + o, ki, n, full);
+          pv[i] = pv[i] + q * s[i];
+          ps[i] = ps[i] + q * P::swap(s[i]);
+        }
+      }
+    }
+    for (int64_t i = 0; i < kG; ++i) {
+      const int64_t ki = k + i * kW;
+      P::store(v + ki, s[i]);
+      if constexpr (kGrad) P::store(acc->pv + ki, pv[i]), P::store(acc->ps + ki, ps[i]);
+    }
+  }
 };
 
 // Whether a scan walks each row's channels downwards: when it steps to lower addresses (from row t to
@@ -462,8 +557,6 @@ struct RowPrefetch {
   int64_t step;  // element distance between consecutive steps
 
   static constexpr int64_t kPrefetchBytes = 4 * 1024;
-  // Below this size a tensor stays in the caches, where prefetching only costs instructions.
-  static constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 
   static bool pays() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -473,10 +566,11 @@ struct RowPrefetch {
     return true;
 #endif
   }
+  // Off for tensors that stay in the caches (p.cached()), where prefetching only costs instructions.
   template <typename T>
-  static RowPrefetch make(const UnitLayout& lay, int64_t nb, int64_t B) {
+  static RowPrefetch make(const Partition& p, const UnitLayout& lay, int64_t nb) {
     const int64_t row = nb * int64_t(sizeof(T));
-    const bool on = B * lay.L * lay.N * int64_t(sizeof(T)) > kCachedBytes && pays();
+    const bool on = !p.cached() && pays();
     return {on ? std::max<int64_t>(1, kPrefetchBytes / row) : 0, lay.step()};
   }
   // Prefetches the row of `nb` values that is `rows` steps after p, if step s + rows < s1.
@@ -508,12 +602,24 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     Bv.fill(T(0), nb);
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
-    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
-    for (int64_t s = s0; s < s1; ++s, xs += step, as += kPerStep ? step : 0) {
-      ahead(xs, nb, s, s1);
-      if (kPerStep) ahead(as, nb, s, s1);
-      if (kPerStep) A.template scale<false>(as, nb);
-      Bv.template step<false>(as, xs, nb);
+    const auto ahead = RowPrefetch::make<T>(p, lay, nb);
+    if (kPerStep) {
+      for (int64_t s = s0; s < s1; ++s, xs += step, as += step) {
+        ahead(xs, nb, s, s1);
+        ahead(as, nb, s, s1);
+        A.template scale<false>(as, nb);
+        Bv.template step<false>(as, xs, nb);
+      }
+    } else {
+      typename RowT::Coef c;
+      c.load(as, nb);
+      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
+      for (int64_t s = s0; s < s1;) {
+        const int64_t n = std::min(tile, s1 - s);
+        for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1);
+        Bv.template steps_with<false, false>(c, n, step, xs, nullptr, nullptr, nullptr, nb);
+        s += n, xs += n * step;
+      }
     }
     const T* a = coef(u, s0);
     for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : power(a[j], s1 - s0), Bv.get(j)};
@@ -528,7 +634,7 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     const T* xs = x + lay.offset(u, s0);
     const T* as = coef(u, s0);
     T* hs = h + lay.offset(u, s0);
-    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
+    const auto ahead = RowPrefetch::make<T>(p, lay, nb);
     if (kPerStep) {
       for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += step) {
         ahead(xs, nb, s, s1);
@@ -538,17 +644,19 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     } else {
       typename RowT::Coef a;  // the constant coefficient, prepared once
       a.load(as, nb);
-      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step) {
-        ahead(xs, nb, s, s1);
-        carry.template step_out_with<false, kStream>(a, xs, hs, nullptr, nullptr, nb);
+      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
+      for (int64_t s = s0; s < s1;) {
+        const int64_t n = std::min(tile, s1 - s);
+        for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1);
+        carry.template steps_with<true, false, kStream>(a, n, step, xs, hs, nullptr, nullptr, nb);
+        s += n, xs += n * step, hs += n * step;
       }
     }
     if (kStream) RowT::fence();
     carry.store(state, nb);
   };
-  const bool large = p.units / p.blocks * L * N * int64_t(sizeof(T)) > kStreamBytes;
   auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
-    if (large && RowT::streams(h + lay.offset(u, s0), step)) {
+    if (p.streamed() && RowT::streams(h + lay.offset(u, s0), step)) {
       scan_steps(std::true_type{}, u, s0, s1, state);
     } else {
       scan_steps(std::false_type{}, u, s0, s1, state);
@@ -609,12 +717,24 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
     }
     const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
     const T* as = coef(u, s - 1);
-    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
-    for (; s < s1; ++s, gs += step, as += kPerStep ? step : 0) {
-      ahead(gs, nb, s, s1);
-      if (kPerStep) ahead(as, nb, s, s1);
-      if (kPerStep) A.template scale<true>(as, nb);
-      Bv.template step<true>(as, gs, nb);
+    const auto ahead = RowPrefetch::make<T>(p, lay, nb);
+    if (kPerStep) {
+      for (; s < s1; ++s, gs += step, as += step) {
+        ahead(gs, nb, s, s1);
+        ahead(as, nb, s, s1);
+        A.template scale<true>(as, nb);
+        Bv.template step<true>(as, gs, nb);
+      }
+    } else {
+      typename RowT::Coef c;
+      c.load_conj(as, nb);
+      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
+      while (s < s1) {
+        const int64_t n = std::min(tile, s1 - s);
+        for (int64_t t = 0; t < n; ++t) ahead(gs + t * step, nb, s + t, s1);
+        Bv.template steps_with<false, false>(c, n, step, gs, nullptr, nullptr, nullptr, nb);
+        s += n, gs += n * step;
+      }
     }
     const T* a = coef(u, 0);
     for (int64_t j = 0; j < nb; ++j) {
@@ -644,7 +764,7 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
     const std::vector<T> zeros(nb, T(0));
     const T* h_first = h0 != nullptr ? h0 + lay.batch(u) * N + lay.channel0(u) : zeros.data();
     auto previous_h = [&](int64_t s_, const T* h_s) { return !kGrad ? nullptr : s_ == L - 1 ? h_first : h_s + step; };
-    const auto ahead = RowPrefetch::make<T>(lay, nb, p.units / p.blocks);
+    const auto ahead = RowPrefetch::make<T>(p, lay, nb);
     if (kPerStep) {
       const T* as = s0 == 0 ? zeros.data() : coef(u, s0 - 1);
       const T* a_here = coef(u, s0);  // a at step s, read by the next step
@@ -665,10 +785,20 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
         d.template step_out_with<kGrad, kStream>(zero, gs, gxs, previous_h(s, hs), &acc, nb);
         ++s, gs += step, gxs += step, hs += step;
       }
-      for (; s < s1; ++s, gs += step, gxs += step, hs += step) {
-        ahead(gs, nb, s, s1);
-        if (kGrad) ahead(hs + step, nb, s + 1, s1);
-        d.template step_out_with<kGrad, kStream>(a, gs, gxs, previous_h(s, hs), &acc, nb);
+      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
+      while (s < s1) {
+        if (kGrad && s == L - 1) {  // h_{k-1} is h_first, not the next row: a step of its own
+          d.template step_out_with<kGrad, kStream>(a, gs, gxs, h_first, &acc, nb);
+          ++s, gs += step, gxs += step, hs += step;
+          continue;
+        }
+        const int64_t n = std::min({tile, s1 - s, kGrad ? L - 1 - s : s1 - s});
+        for (int64_t t = 0; t < n; ++t) {
+          ahead(gs + t * step, nb, s + t, s1);
+          if (kGrad) ahead(hs + (t + 1) * step, nb, s + t + 1, s1);
+        }
+        d.template steps_with<true, kGrad, kStream>(a, n, step, gs, gxs, kGrad ? hs + step : nullptr, &acc, nb);
+        s += n, gs += n * step, gxs += n * step, hs += n * step;
       }
     }
     if (kStream) RowT::fence();
@@ -679,10 +809,9 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
       for (int64_t j = 0; j < nb; ++j) row[j] = acc.get(j);
     }
   };
-  const bool large = p.units / p.blocks * L * N * int64_t(sizeof(T)) > kStreamBytes;
   auto streams = [&](int64_t u, int64_t s0) {
     const int64_t off = lay.offset(u, s0);
-    return large && RowT::streams(gx + off, step) && (!kPerStep || !grad_lam || RowT::streams(glam + off, step));
+    return p.streamed() && RowT::streams(gx + off, step) && (!kPerStep || !grad_lam || RowT::streams(glam + off, step));
   };
   auto scan = [&](int64_t u, int64_t s0, int64_t s1, T* state) {
     const bool nt = streams(u, s0);
