@@ -23,9 +23,10 @@
 
 namespace torch_lru::cpu::TORCH_LRU_CPU_ISA {
 
-constexpr int64_t kMaxBlock = 1024;          // channels per unit; the unit's state lives on the stack
-constexpr int64_t kMinSplit = 256;           // fewest channels of a row given to one unit when rows are split
-constexpr int64_t kChunkBytes = 256 * 1024;  // bytes of x per chunk of the L-split path: stays in L2
+constexpr int64_t kMaxBlock = 1024;            // channels per unit; the unit's state lives on the stack
+constexpr int64_t kMinSplit = 256;             // fewest channels of a row given to one unit when rows are split
+constexpr int64_t kMinSplitCachedBytes = 256;  // the same in bytes for tensors that stay in the caches
+constexpr int64_t kChunkBytes = 256 * 1024;    // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
 // Tensors up to this size stay in the caches: the loops are bound by their arithmetic there.
 constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
@@ -64,8 +65,12 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
   // ones, which the prefetchers follow badly; below one unit per thread, L is split instead.
   p.block = std::min(N, kMaxBlock);
   // Wide rows may still be shared among threads in runs of at least kMinSplit channels (2 KB of
-  // complex64), long enough for the prefetchers.
-  const int64_t want = std::min((threads + B - 1) / B, N / kMinSplit);
+  // complex64), long enough for the prefetchers. In the caches, where prefetching does not matter
+  // and the loops are bound by their arithmetic, runs of 256 B (one register tile of complex64)
+  // do: splitting L instead doubles the arithmetic, which there cancels much of the second thread
+  // (1x4096x64 ran 1.1-1.4x faster split by channels, docs/perf.md, 2026-12-04).
+  const int64_t min_split = p.cached() ? std::max<int64_t>(1, kMinSplitCachedBytes / elem_size) : kMinSplit;
+  const int64_t want = std::min((threads + B - 1) / B, N / min_split);
   if (B * ((N + p.block - 1) / p.block) < threads && want > 1) {
     p.block = std::min(p.block, (N + want - 1) / want);
   }
