@@ -328,27 +328,27 @@ torch.save(out, sys.argv[2])
 """
 
 
-@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
-def test_every_cpu_kernel_build(isa, tmp_path):
+def run_in_build(isa, script, cases, tmp_path, *args):
+    """Runs `script` in a process capped to one kernel build, its arguments the file of `cases`, then `args`."""
     import subprocess
     import sys
 
+    torch.save(cases, tmp_path / "cases.pt")
+    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
+    command = [sys.executable, "-c", script, str(tmp_path / "cases.pt"), *map(str, args)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_every_cpu_kernel_build(isa, tmp_path):
     cases = []
     for k, (B, L, N, dtype) in enumerate(ISA_CASES):
         for per_step in (False, True):
             for reverse in (False, True):
                 lam, x, h0 = make_inputs(B, L, N, dtype, "cpu", per_step, seed=k)
                 cases.append((lam, x, h0, torch.randn(x.shape, dtype=dtype), reverse))
-    torch.save(cases, tmp_path / "cases.pt")
-    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
-    done = subprocess.run(
-        [sys.executable, "-c", ISA_SCRIPT, str(tmp_path / "cases.pt"), str(tmp_path / "out.pt")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_build(isa, ISA_SCRIPT, cases, tmp_path, tmp_path / "out.pt")
     for (lam, x, h0, g, reverse), got in zip(cases, torch.load(tmp_path / "out.pt")):
         assert_close_to_reference(got[0], reference(lam, x, h0, reverse), x.dtype)
         wide = [t.to(WIDE[x.dtype]).requires_grad_() for t in (lam, x, h0)]
@@ -417,20 +417,8 @@ for B, L, N, dtype, per_step, reverse in torch.load(sys.argv[1]):
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_streaming_stores_every_cpu_kernel_build(isa, tmp_path):
-    import subprocess
-    import sys
-
     cases = [c + (p, r) for c in STREAM_CASES for p in (False, True) for r in (False, True)]
-    torch.save(cases, tmp_path / "cases.pt")
-    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
-    done = subprocess.run(
-        [sys.executable, "-c", STREAM_SCRIPT, str(tmp_path / "cases.pt")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_build(isa, STREAM_SCRIPT, cases, tmp_path)
 
 
 # Tensors that stay in the caches (up to 4 MB) take the constant-coefficient steps a tile at a time,
@@ -479,19 +467,7 @@ for L, N, dtype in torch.load(sys.argv[1]):
 
 @pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
 def test_register_tiles_agree_bitwise_with_one_step_at_a_time(isa, tmp_path):
-    import subprocess
-    import sys
-
-    torch.save(TILE_CASES, tmp_path / "cases.pt")
-    env = dict(os.environ, TORCH_LRU_CPU_ISA=isa)
-    done = subprocess.run(
-        [sys.executable, "-c", TILE_SCRIPT, str(tmp_path / "cases.pt")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
+    run_in_build(isa, TILE_SCRIPT, TILE_CASES, tmp_path)
 
 
 def test_unknown_cpu_kernel_build_is_refused():

@@ -587,6 +587,38 @@ struct RowPrefetch {
   }
 };
 
+// The reduction of steps [s, s1) of one unit to a map, shared by the forward's and the backward's
+// aggregate: Bv = a * Bv + x and, with a per step, A = a * A (a conjugated when kConj), from the
+// rows at xs and as on, consecutive steps lay.step() values apart.
+template <bool kPerStep, bool kConj, typename RowT, typename T>
+void reduce_steps(const Partition& p, const UnitLayout& lay, RowT& A, RowT& Bv, const T* xs, const T* as, int64_t s,
+                  int64_t s1, int64_t nb) {
+  const int64_t step = lay.step();
+  const auto ahead = RowPrefetch::make<T>(p, lay, nb);
+  if (kPerStep) {
+    for (; s < s1; ++s, xs += step, as += step) {
+      ahead(xs, nb, s, s1);
+      ahead(as, nb, s, s1);
+      A.template scale<kConj>(as, nb);
+      Bv.template step<kConj>(as, xs, nb);
+    }
+    return;
+  }
+  typename RowT::Coef c;  // the constant coefficient, prepared once
+  if (kConj) {
+    c.load_conj(as, nb);
+  } else {
+    c.load(as, nb);
+  }
+  const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
+  while (s < s1) {
+    const int64_t n = std::min(tile, s1 - s);
+    for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1);
+    Bv.template steps_with<false, false>(c, n, step, xs, nullptr, nullptr, nullptr, nb);
+    s += n, xs += n * step;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: h_t = a_t * h_{t-1} + x_t.
 
@@ -605,27 +637,7 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     RowT A, Bv;  // A, the product of the coefficients, is tracked only when they vary per step
     if (kPerStep) A.fill(T(1), nb);
     Bv.fill(T(0), nb);
-    const T* xs = x + lay.offset(u, s0);
-    const T* as = coef(u, s0);
-    const auto ahead = RowPrefetch::make<T>(p, lay, nb);
-    if (kPerStep) {
-      for (int64_t s = s0; s < s1; ++s, xs += step, as += step) {
-        ahead(xs, nb, s, s1);
-        ahead(as, nb, s, s1);
-        A.template scale<false>(as, nb);
-        Bv.template step<false>(as, xs, nb);
-      }
-    } else {
-      typename RowT::Coef c;
-      c.load(as, nb);
-      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
-      for (int64_t s = s0; s < s1;) {
-        const int64_t n = std::min(tile, s1 - s);
-        for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1);
-        Bv.template steps_with<false, false>(c, n, step, xs, nullptr, nullptr, nullptr, nb);
-        s += n, xs += n * step;
-      }
-    }
+    reduce_steps<kPerStep, false>(p, lay, A, Bv, x + lay.offset(u, s0), coef(u, s0), s0, s1, nb);
     const T* a = coef(u, s0);
     for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : power(a[j], s1 - s0), Bv.get(j)};
   };
@@ -721,26 +733,7 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
       Bv.fill(T(0), nb);
     }
     const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
-    const T* as = coef(u, s - 1);
-    const auto ahead = RowPrefetch::make<T>(p, lay, nb);
-    if (kPerStep) {
-      for (; s < s1; ++s, gs += step, as += step) {
-        ahead(gs, nb, s, s1);
-        ahead(as, nb, s, s1);
-        A.template scale<true>(as, nb);
-        Bv.template step<true>(as, gs, nb);
-      }
-    } else {
-      typename RowT::Coef c;
-      c.load_conj(as, nb);
-      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
-      while (s < s1) {
-        const int64_t n = std::min(tile, s1 - s);
-        for (int64_t t = 0; t < n; ++t) ahead(gs + t * step, nb, s + t, s1);
-        Bv.template steps_with<false, false>(c, n, step, gs, nullptr, nullptr, nullptr, nb);
-        s += n, gs += n * step;
-      }
-    }
+    reduce_steps<kPerStep, true>(p, lay, A, Bv, gs, coef(u, s - 1), s, s1, nb);
     const T* a = coef(u, 0);
     for (int64_t j = 0; j < nb; ++j) {
       const T prod = s0 == 0 ? T(0) : power(conj_value(a[j]), scaled);
