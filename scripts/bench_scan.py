@@ -12,7 +12,8 @@ both pay the same page faults): grad_x alone (grad_h in, grad_x out) against -g;
 grad_lam against g + h (time-invariant lam: grad_lam is (N,)); with lam per step (B, L, N), lam is
 one more input and grad_lam one more output: g * lam, and addcmul(g, h, lam) plus one more
 written tensor. "ratio" is floor time over op time (1 = at the floor). The in-cache rate is ns per
-element on one thread, every tensor in L2 (B=8, L=64, N=64), for the forward and each backward.
+element on one thread, every tensor in L2 (B=8, L=64, N=64), for the forward and each backward,
+call included; beside it the fixed cost of each call (one step of 8 channels).
 
 Peers, each timed on inputs prepared once (the friendliest terms for them) and checked against the
 op before it is timed: jax.lax.associative_scan with the LRU's binary operator under jax.jit (the
@@ -281,24 +282,35 @@ def bench_backward(B, L, N, device):
 
 
 def in_cache_rates(device):
-    """ns per element on one thread, everything in L2: the arithmetic's own rate."""
+    """ns per element on one thread, everything in L2: the arithmetic's own rate, call included.
+
+    Also the call's fixed cost (dispatch, checks, outputs, set-up), timed on one step of 8
+    channels, in us: at this size it is a third or so of the call.
+    """
+
+    def calls(B, L, N):
+        x, g, lam, lam_t, h, h_t = backward_inputs(B, L, N, device)
+        sb = torch.ops.torch_lru.scan_backward
+        out = torch.empty_like(x)
+        fns = {"forward": lambda: torch_lru.scan(lam, x, out=out)}
+        for name, (per_step, mask) in BACKWARD_CASES.items():
+            a, hh = (lam_t, h_t) if per_step else (lam, h)
+            fns[f"backward {name}"] = lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask)
+        return fns
+
     B, L, N = 8, 64, 64
-    x, g, lam, lam_t, h, h_t = backward_inputs(B, L, N, device)
-    sb = torch.ops.torch_lru.scan_backward
-    out = torch.empty_like(x)
-    calls = {"forward": lambda: torch_lru.scan(lam, x, out=out)}
-    for name, (per_step, mask) in BACKWARD_CASES.items():
-        a, hh = (lam_t, h_t) if per_step else (lam, h)
-        calls[f"backward {name}"] = lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return {k: median_seconds(f, device, min_time=0.3, max_reps=2000) / x.numel() * 1e9 for k, f in calls.items()}
+        timed = lambda f: median_seconds(f, device, min_time=0.3, max_reps=2000)  # noqa: E731
+        rates = {k: timed(f) / (B * L * N) * 1e9 for k, f in calls(B, L, N).items()}
+        fixed = {k: timed(f) * 1e6 for k, f in calls(1, 1, 8).items()}
+        return rates, fixed
     finally:
         torch.set_num_threads(threads)
 
 
-def print_backward_table(rows, rates):
+def print_backward_table(rows, rates, fixed):
     names = list(BACKWARD_CASES)
     print(
         "\nbackward against its floor (an elementwise op over the same bytes, both allocating): "
@@ -306,13 +318,14 @@ def print_backward_table(rows, rates):
     )
     print(f"{'B x L x N':>18} | " + " | ".join(f"{n:>24}" for n in names))
     for r in rows:
-        cells = [f"{r[n]['op ms']:7.2f} / {r[n]['floor ms']:6.2f}, {r[n]['ratio']:4.2f}" for n in names]
+        cells = [f"{r[n]['op ms']:7.3f} / {r[n]['floor ms']:7.3f}, {r[n]['ratio']:4.2f}" for n in names]
         print(f"{'x'.join(map(str, r['size'])):>18} | " + " | ".join(f"{c:>24}" for c in cells))
     if rates:
         print(
             "in-cache rate, one thread, B=8 L=64 N=64, ns per element: "
             + ", ".join(f"{k} {v:.3f}" for k, v in rates.items())
         )
+        print("fixed cost of a call (one step, 8 channels), us: " + ", ".join(f"{k} {v:.1f}" for k, v in fixed.items()))
 
 
 def print_peer_table(rows, peers):
@@ -392,7 +405,7 @@ def main():
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise SystemExit(f"bench_scan.py: unknown peer {unknown}; choose from {', '.join(PEERS)}")
-    rows, backward_rows, rates = [], [], {}
+    rows, backward_rows, rates, fixed = [], [], {}, {}
     for size in sizes:  # figures are written after every size, so a run cut short keeps its rows
         rows.append(bench_size(*size, args.device, peers, loop=not args.no_loop))
         print_table(rows[-1:], args.device)
@@ -403,16 +416,16 @@ def main():
                 figures = {"device": args.device, "threads": torch.get_num_threads(), "rows": rows}
                 json.dump({**figures, "backward": backward_rows}, f, indent=1)
     if not args.no_backward and args.device == "cpu":
-        rates = in_cache_rates(args.device)
+        rates, fixed = in_cache_rates(args.device)
         if args.json:
             with open(args.json) as f:
                 figures = json.load(f)
             with open(args.json, "w") as f:
-                json.dump({**figures, "in_cache_ns": rates}, f, indent=1)
+                json.dump({**figures, "in_cache_ns": rates, "call_us": fixed}, f, indent=1)
     print_table(rows, args.device)
     print_peer_table(rows, peers)
     if backward_rows:
-        print_backward_table(backward_rows, rates)
+        print_backward_table(backward_rows, rates, fixed)
     if args.plot:
         plot(rows, args.plot, args.device)
 
