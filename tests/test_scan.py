@@ -421,13 +421,14 @@ def test_streaming_stores_every_cpu_kernel_build(isa, tmp_path):
     run_in_build(isa, STREAM_SCRIPT, cases, tmp_path)
 
 
-# Tensors that stay in the caches (up to 4 MB) take the constant-coefficient steps a tile at a time,
-# with each part of the row held in registers through the tile (Row::steps_with); larger ones take
-# one step at a time, a vector at a time (Row::step_out_with), in separate code. Each channel's
-# arithmetic is the same either way, so a small case must give
-# the same bits as the same rows inside a batch too large to be tiled (its other rows zero, which
-# adds exact zeros to grad_lam). Rows with whole register groups, a rest and a partial vector; h0,
-# whose step is taken on its own in the backward; both directions; the real loops too.
+# Tensors that stay in the caches (up to 4 MB) take their steps a tile at a time, with each part of
+# the row held in registers through the tile (Row::steps_with, lam constant; Row::steps_out, lam
+# per step); larger ones take one step at a time, a vector at a time (Row::step_out_with,
+# Row::step_out), in separate code. Each channel's arithmetic is the same either way, so a small
+# case must give the same bits as the same rows inside a batch too large to be tiled (its other
+# rows zero, which adds exact zeros to grad_lam). Rows with whole register groups, a rest and a
+# partial vector; h0, whose step is taken on its own in the backward; both directions; lam
+# constant and per step; the real loops too.
 TILE_CASES = [
     (300, 70, torch.complex64),
     (3000, 5, torch.complex64),
@@ -441,27 +442,30 @@ torch.set_num_threads(2)
 for L, N, dtype in torch.load(sys.argv[1]):
     g = torch.Generator().manual_seed(L + N)
     real = not dtype.is_complex
-    mod = 0.5 + 0.5 * torch.rand(N, dtype=torch.float64, generator=g)
-    lam = (mod if real else torch.polar(mod, torch.rand(N, dtype=torch.float64, generator=g))).to(dtype)
     big_b = 4 * 2**20 // (L * N * torch.empty((), dtype=dtype).element_size()) + 2
     x, gy = (torch.zeros(big_b, L, N, dtype=dtype) for _ in range(2))
     h0 = torch.zeros(big_b, N, dtype=dtype)
     for t in (x, gy, h0):
         t[0] = torch.randn(t.shape[1:], dtype=dtype, generator=g)
-    for reverse in (False, True):
-        case = (L, N, dtype, reverse)
+    for per_step, reverse in [(p, r) for p in (False, True) for r in (False, True)]:
+        case = (L, N, dtype, per_step, reverse)
+        shape = (big_b, L, N) if per_step else (N,)
+        mod = 0.5 + 0.5 * torch.rand(shape, dtype=torch.float64, generator=g)
+        lam = (mod if real else torch.polar(mod, torch.rand(shape, dtype=torch.float64, generator=g))).to(dtype)
         small = [t[:1].clone() for t in (x, gy, h0)]
+        lam_small = lam[:1].clone() if per_step else lam
         h = torch_lru.scan(lam, x, h0, reverse)
         grads = torch.ops.torch_lru.scan_backward(gy, lam, h, h0, reverse, [True, True, True])
         # One thread: on two, a small B=1 problem is split by channels, and a loop over a unit's
         # channels (grad_h0's) may round differently in its vector body and its scalar rest.
         torch.set_num_threads(1)
-        h_small = torch_lru.scan(lam, small[0], small[2], reverse)
+        h_small = torch_lru.scan(lam_small, small[0], small[2], reverse)
         assert torch.equal(h_small, h[:1]), ("h",) + case
-        grads_small = torch.ops.torch_lru.scan_backward(small[1], lam, h_small, small[2], reverse, [True, True, True])
+        mask = [True, True, True]
+        grads_small = torch.ops.torch_lru.scan_backward(small[1], lam_small, h_small, small[2], reverse, mask)
         torch.set_num_threads(2)
         for name, a, b in zip(("grad_lam", "grad_x", "grad_h0"), grads_small, grads):
-            assert torch.equal(a, b if name == "grad_lam" else b[:1]), (name,) + case
+            assert torch.equal(a, b if name == "grad_lam" and not per_step else b[:1]), (name,) + case
 """
 
 

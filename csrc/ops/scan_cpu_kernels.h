@@ -13,8 +13,8 @@
 // of h. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
 // with the rows a few steps ahead prefetched and the channels walked in the direction of travel;
 // complex outputs larger than the caches are written with streaming stores (Row::streams). Tensors
-// that stay in the caches take the constant-coefficient steps a tile at a time, the state held in
-// registers through the tile (Row::steps_with).
+// that stay in the caches take their steps a tile at a time, the state held in registers through
+// the tile (Row::steps_with, Row::steps_out).
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -231,6 +231,15 @@ struct Row {
   template <bool kConj>
   void scale(const T* a, int64_t nb) {
     each(nb, [&](int64_t j) { v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j]; });
+  }
+  // `steps` steps of step_out, the rows of a, x, out, p and pout `stride` values apart (see the
+  // complex Row's steps_out).
+  template <bool kConj, bool kGrad, bool kStream = false>
+  void steps_out(const T* a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, T* pout, int64_t nb) {
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t o = t * stride;
+      step_out<kConj, kGrad, kStream>(a + o, x + o, out + o, kGrad ? p + o : nullptr, kGrad ? pout + o : nullptr, nb);
+    }
   }
   // `steps` steps of v = a * v + x, rows `stride` values apart (see the complex Row's steps_with);
   // kOut: out = v at each step, with step_out_with's grad_lam term when kGrad.
@@ -514,7 +523,55 @@ struct Row<c10::complex<R>, kDown> {
     in_row_order<kDown>(groups, group, rest);
   }
 
+  // `steps` steps of step_out (a per step), the rows of a, x, out, p and pout `stride` values
+  // apart, a tile at a time like steps_with: the state stays in registers through the tile.
+  template <bool kConj, bool kGrad, bool kStream = false>
+  void steps_out(const T* a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, T* pout, int64_t nb) {
+    if (steps == 1) {  // one step (tensors past the caches): step_out, a vector at a time
+      step_out<kConj, kGrad, kStream>(a, x, out, p, pout, nb);
+      return;
+    }
+    const int64_t n = 2 * nb, full = n / kW, groups = full / kTile;
+    auto run = [&](auto kg, int64_t k, int64_t width, auto full_tag) {
+      tile_per_step<decltype(kg)::value, kConj, kGrad, kStream>(k, width, full_tag, a, steps, 2 * stride, x, out, p,
+                                                                pout);
+    };
+    auto group = [&](int64_t g) {
+      run(std::integral_constant<int64_t, kTile>{}, g * kTile * kW, kW, std::true_type{});
+    };
+    auto rest = [&] {
+      for (int64_t q = groups * kTile; q < full; ++q) {
+        run(std::integral_constant<int64_t, 1>{}, q * kW, kW, std::true_type{});
+      }
+      if (full * kW < n) run(std::integral_constant<int64_t, 1>{}, full * kW, n - full * kW, std::false_type{});
+    };
+    in_row_order<kDown>(groups, group, rest);
+  }
+
  private:
+  // steps_out's tile: kG vectors from real offset k on (n reals in each when not Full: then kG is
+  // 1) through `steps` rows `stride` reals apart. Each channel's arithmetic is step_out's.
+  template <int64_t kG, bool kConj, bool kGrad, bool kStream, typename Full>
+  void tile_per_step(int64_t k, int64_t n, Full full, const T* a, int64_t steps, int64_t stride, const T* x, T* out,
+                     const T* p, T* pout) {
+    V s[kG];
+    for (int64_t i = 0; i < kG; ++i) s[i] = P::load(v + k + i * kW);
+    for (int64_t t = 0; t < steps; ++t) {
+      const int64_t o = t * stride;
+      for (int64_t i = 0; i < kG; ++i) {
+        const int64_t ki = k + i * kW;
+        V r, im;
+        P::template split<kConj>(read(flat(a) + o, ki, n, full), r, im);
+        s[i] = r * s[i] + (im * P::swap(s[i]) + read(flat(x) + o, ki, n, full));
+        write<kStream>(flat(out) + o, ki, n, full, s[i]);
+        if constexpr (kGrad) {
+          P::template split<true>(read(flat(p) + o, ki, n, full), r, im);
+          write<kStream>(flat(pout) + o, ki, n, full, r * s[i] + im * P::swap(s[i]));
+        }
+      }
+    }
+    for (int64_t i = 0; i < kG; ++i) P::store(v + k + i * kW, s[i]);
+  }
   // kG vectors from real offset k on (n reals in each when not Full: then kG is 1) through `steps`
   // rows `stride` reals apart.
   template <int64_t kG, bool kOut, bool kGrad, bool kStream, typename Full>
@@ -652,16 +709,17 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     const T* as = coef(u, s0);
     T* hs = h + lay.offset(u, s0);
     const auto ahead = RowPrefetch::make<T>(p, lay, nb);
+    const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
     if (kPerStep) {
-      for (int64_t s = s0; s < s1; ++s, xs += step, hs += step, as += step) {
-        ahead(xs, nb, s, s1);
-        ahead(as, nb, s, s1);
-        carry.template step_out<false, false, kStream>(as, xs, hs, nullptr, nullptr, nb);
+      for (int64_t s = s0; s < s1;) {
+        const int64_t n = std::min(tile, s1 - s);
+        for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1), ahead(as + t * step, nb, s + t, s1);
+        carry.template steps_out<false, false, kStream>(as, n, step, xs, hs, nullptr, nullptr, nb);
+        s += n, xs += n * step, hs += n * step, as += n * step;
       }
     } else {
       typename RowT::Coef a;  // the constant coefficient, prepared once
       a.load(as, nb);
-      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
       for (int64_t s = s0; s < s1;) {
         const int64_t n = std::min(tile, s1 - s);
         for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1);
@@ -763,16 +821,29 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
     const T* h_first = h0 != nullptr ? h0 + lay.batch(u) * N + lay.channel0(u) : zeros.data();
     auto previous_h = [&](int64_t s_, const T* h_s) { return !kGrad ? nullptr : s_ == L - 1 ? h_first : h_s + step; };
     const auto ahead = RowPrefetch::make<T>(p, lay, nb);
+    const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
     if (kPerStep) {
-      const T* as = s0 == 0 ? zeros.data() : coef(u, s0 - 1);
-      const T* a_here = coef(u, s0);  // a at step s, read by the next step
-      for (int64_t s = s0; s < s1; ++s, gs += step, gxs += step, hs += step, a_here += step) {
-        ahead(gs, nb, s, s1);
-        ahead(a_here, nb, s, s1);
-        if (kGrad) ahead(hs + step, nb, s + 1, s1);
-        d.template step_out<true, kGrad, kStream>(as, gs, gxs, previous_h(s, hs), gas, nb);
-        as = s == 0 ? coef(u, 0) : as + step;
-        if (kGrad) gas += step;
+      // a at step s, the coefficient of step s + 1: step s's is the row before (step 0's is zero).
+      const T* a_here = coef(u, s0);
+      int64_t s = s0;
+      while (s < s1) {
+        // Step 0 (zero coefficient) and, with grad_lam, the last step (h_{k-1} is h_first) alone.
+        const bool alone = s == 0 || (kGrad && s == L - 1);
+        const int64_t n = alone ? 1 : std::min({tile, s1 - s, kGrad ? L - 1 - s : s1 - s});
+        for (int64_t t = 0; t < n; ++t) {
+          ahead(gs + t * step, nb, s + t, s1);
+          ahead(a_here + t * step, nb, s + t, s1);
+          if (kGrad) ahead(hs + (t + 1) * step, nb, s + t + 1, s1);
+        }
+        if (alone) {
+          d.template step_out<true, kGrad, kStream>(s == 0 ? zeros.data() : a_here - step, gs, gxs, previous_h(s, hs),
+                                                    gas, nb);
+        } else {
+          d.template steps_out<true, kGrad, kStream>(a_here - step, n, step, gs, gxs, kGrad ? hs + step : nullptr, gas,
+                                                     nb);
+        }
+        s += n, gs += n * step, gxs += n * step, hs += n * step, a_here += n * step;
+        if (kGrad) gas += n * step;
       }
     } else {
       typename RowT::Coef a, zero;  // conj of the constant coefficient, prepared once
@@ -783,7 +854,6 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
         d.template step_out_with<kGrad, kStream>(zero, gs, gxs, previous_h(s, hs), &acc, nb);
         ++s, gs += step, gxs += step, hs += step;
       }
-      const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
       while (s < s1) {
         if (kGrad && s == L - 1) {  // h_{k-1} is h_first, not the next row: a step of its own
           d.template step_out_with<kGrad, kStream>(a, gs, gxs, h_first, &acc, nb);
