@@ -32,7 +32,7 @@ constexpr int64_t kMinChunkLen = 64;
 constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 // Outputs larger than this are written with streaming stores where the rows allow (Row::streams).
 constexpr int64_t kStreamBytes = 16 * 1024 * 1024;
-// Bytes of a row in one tile of steps of the constant-coefficient loops (Row::steps_with).
+// Bytes of a row in one tile of steps of the tiled loops (Row::steps_with, Row::steps_out).
 constexpr int64_t kTileBytes = 4096;
 
 // How a (B, L, N) problem is divided among threads.
@@ -46,7 +46,7 @@ struct Partition {
   bool split() const { return chunks.num_chunks() > 1; }
   bool cached() const { return bytes <= kCachedBytes; }
   bool streamed() const { return bytes > kStreamBytes; }  // outputs written with streaming stores
-  // Steps per tile of the constant-coefficient loops (Row::steps_with) on rows of `row_bytes`: a
+  // Steps per tile of the tiled loops (Row::steps_with, Row::steps_out) on rows of `row_bytes`: a
   // tile of a row spans about a page in cache. Past the caches one step: a tile's order of lines
   // (a part of each row, then the next part) lost the prefetchers' track, and the 1x2^20x64
   // backward ran 1.5x slower (docs/perf.md, 2026-12-04).
@@ -507,20 +507,9 @@ struct Row<c10::complex<R>, kDown> {
       step_out_with<kGrad, kStream>(a, x, out, p, acc, nb);
       return;
     }
-    const int64_t n = 2 * nb, full = n / kW, groups = full / kTile;
-    auto group = [&](int64_t g) {
-      tile<kTile, kOut, kGrad, kStream>(g * kTile * kW, kW, std::true_type{}, a, steps, 2 * stride, x, out, p, acc);
-    };
-    auto rest = [&] {
-      for (int64_t q = groups * kTile; q < full; ++q) {
-        tile<1, kOut, kGrad, kStream>(q * kW, kW, std::true_type{}, a, steps, 2 * stride, x, out, p, acc);
-      }
-      if (full * kW < n) {
-        tile<1, kOut, kGrad, kStream>(full * kW, n - full * kW, std::false_type{}, a, steps, 2 * stride, x, out, p,
-                                      acc);
-      }
-    };
-    in_row_order<kDown>(groups, group, rest);
+    for_tiles(nb, [&](auto kg, int64_t k, int64_t width, auto full) {
+      tile<decltype(kg)::value, kOut, kGrad, kStream>(k, width, full, a, steps, 2 * stride, x, out, p, acc);
+    });
   }
 
   // `steps` steps of step_out (a per step), the rows of a, x, out, p and pout `stride` values
@@ -531,24 +520,30 @@ struct Row<c10::complex<R>, kDown> {
       step_out<kConj, kGrad, kStream>(a, x, out, p, pout, nb);
       return;
     }
+    for_tiles(nb, [&](auto kg, int64_t k, int64_t width, auto full) {
+      tile_per_step<decltype(kg)::value, kConj, kGrad, kStream>(k, width, full, a, steps, 2 * stride, x, out, p, pout);
+    });
+  }
+
+ private:
+  // Visits a row of nb values a tile's width at a time, in row order (in_row_order): body(kG, k,
+  // n, full) for kG (a std::integral_constant) vectors from real offset k on, n reals in each;
+  // kTile at a time, then the rest one by one, the last, partial one (full false) alone.
+  template <typename Body>
+  static void for_tiles(int64_t nb, Body&& body) {
     const int64_t n = 2 * nb, full = n / kW, groups = full / kTile;
-    auto run = [&](auto kg, int64_t k, int64_t width, auto full_tag) {
-      tile_per_step<decltype(kg)::value, kConj, kGrad, kStream>(k, width, full_tag, a, steps, 2 * stride, x, out, p,
-                                                                pout);
-    };
     auto group = [&](int64_t g) {
-      run(std::integral_constant<int64_t, kTile>{}, g * kTile * kW, kW, std::true_type{});
+      body(std::integral_constant<int64_t, kTile>{}, g * kTile * kW, kW, std::true_type{});
     };
     auto rest = [&] {
       for (int64_t q = groups * kTile; q < full; ++q) {
-        run(std::integral_constant<int64_t, 1>{}, q * kW, kW, std::true_type{});
+        body(std::integral_constant<int64_t, 1>{}, q * kW, kW, std::true_type{});
       }
-      if (full * kW < n) run(std::integral_constant<int64_t, 1>{}, full * kW, n - full * kW, std::false_type{});
+      if (full * kW < n) body(std::integral_constant<int64_t, 1>{}, full * kW, n - full * kW, std::false_type{});
     };
     in_row_order<kDown>(groups, group, rest);
   }
 
- private:
   // steps_out's tile: kG vectors from real offset k on (n reals in each when not Full: then kG is
   // 1) through `steps` rows `stride` reals apart. Each channel's arithmetic is step_out's.
   template <int64_t kG, bool kConj, bool kGrad, bool kStream, typename Full>
