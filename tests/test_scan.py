@@ -370,6 +370,8 @@ STREAM_CASES = [  # (B, L, N, dtype): L split on two threads; whole rows; rows n
     (2, 4096, 320, torch.complex64),
     (1, 1 << 15, 64, torch.complex128),
     (2, 30000, 37, torch.complex64),
+    (1, 1 << 17, 64, torch.float32),  # the real rows (the RG-LRU's) take the same stores
+    (2, 8192, 320, torch.float32),
 ]
 STREAM_SCRIPT = """
 import sys, torch, torch_lru
@@ -388,7 +390,7 @@ for B, L, N, dtype, per_step, reverse in torch.load(sys.argv[1]):
     x = torch.randn(B, L, N, dtype=dtype, generator=g)
     shape = (B, L, N) if per_step else (N,)
     mod = 0.5 + 0.5 * torch.rand(shape, dtype=torch.float64, generator=g)
-    lam = torch.polar(mod, torch.rand(shape, dtype=torch.float64, generator=g)).to(dtype)
+    lam = (torch.polar(mod, torch.rand(shape, dtype=torch.float64, generator=g)) if dtype.is_complex else mod).to(dtype)
     h = torch_lru.scan(lam, x, None, reverse)
     assert h.data_ptr() % 64 == 0
     assert torch.equal(h, torch_lru.scan(lam, x, None, reverse, out=off_boundary(x))), case
@@ -435,6 +437,8 @@ TILE_CASES = [
     (200, 70, torch.complex128),
     (500, 64, torch.complex64),
     (400, 33, torch.float32),
+    (300, 100, torch.float32),  # real rows: whole register groups, a rest and a partial vector
+    (200, 40, torch.float64),
 ]
 TILE_SCRIPT = """
 import sys, torch, torch_lru

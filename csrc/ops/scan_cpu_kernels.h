@@ -7,12 +7,12 @@
 // Work is split into units of (batch row, block of channels); channels are the contiguous axis, and
 // a block is a whole row whenever N allows, so a unit streams through contiguous memory and the
 // inner loop over channels vectorises (complex state is kept interleaved, as the tensors hold it:
-// Pairs, Row<complex>). When threads outnumber units two to one or more (small B, long L) L is split into
+// Row, Lanes). When threads outnumber units two to one or more (small B, long L) L is split into
 // chunks, chained as in a decoupled look-back scan (run_partitioned). Chunks are sized to stay in
 // a core's L2 between reduction and scan, so memory traffic stays near one read of x and one write
 // of h. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
 // with the rows a few steps ahead prefetched and the channels walked in the direction of travel;
-// complex outputs larger than the caches are written with streaming stores (Row::streams). Tensors
+// outputs larger than the caches are written with streaming stores (Row::streams). Tensors
 // that stay in the caches take their steps a tile at a time, the state held in registers through
 // the tile (Row::steps_with, Row::steps_out).
 #pragma once
@@ -164,100 +164,8 @@ inline void in_row_order(int64_t groups, Group&& group, Rest&& rest) {
   }
 }
 
-// Visits the channels j in [0, nb) kGroup at a time, in row order (each group upwards). The
-// fixed-length group loop vectorises without the peeling and alias checks of a loop to nb.
-template <bool kDown, int64_t kGroup, typename Body>
-inline void for_channels(int64_t nb, Body&& body) {
-  const int64_t groups = nb / kGroup;
-  auto group = [&](int64_t g) {
-    const int64_t j0 = g * kGroup;
-#pragma omp simd
-    for (int64_t j = j0; j < j0 + kGroup; ++j) body(j);
-  };
-  auto rest = [&] {
-#pragma omp simd
-    for (int64_t j = groups * kGroup; j < nb; ++j) body(j);
-  };
-  in_row_order<kDown>(groups, group, rest);
-}
-
-// The state of one unit: `nb` channels, kept so that the loops over channels vectorise. Each loop
-// reads and writes rows of the (B, L, N) tensors (`nb` consecutive values of T), visiting the
-// channels downwards when kDown.
-template <typename T, bool kDown>
-struct Row {
-  using Coef = Row;  // a coefficient constant over the steps
-  using Acc = Row;   // a sum over steps
-  T v[kMaxBlock];
-
-  template <typename Body>
-  static void each(int64_t nb, Body&& body) {
-    for_channels<kDown, 256 / sizeof(T)>(nb, body);
-  }
-  void load(const T* src, int64_t nb) { std::copy_n(src, nb, v); }
-  void load_conj(const T* src, int64_t nb) {
-    for (int64_t j = 0; j < nb; ++j) v[j] = conj_value(src[j]);
-  }
-  void fill(T value, int64_t nb) { std::fill_n(v, nb, value); }
-  void store(T* dst, int64_t nb) const { std::copy_n(v, nb, dst); }
-  T get(int64_t j) const { return v[j]; }
-  // v = a * v + x (a conjugated when kConj).
-  template <bool kConj>
-  void step(const T* a, const T* x, int64_t nb) {
-    each(nb, [&](int64_t j) { v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j]; });
-  }
-  // v = a * v + x and out = v, a per step (conjugated when kConj) or constant (held in a Row);
-  // when kGrad also the backward's grad_lam term of the step, conj(p) * v, written to pout (per
-  // step) or added to acc (constant). One pass over the row: the state stays in L1 between parts.
-  // Real rows are written with ordinary stores (see the complex Row's streams).
-  static bool streams(const T*, int64_t) { return false; }
-  static void fence() {}
-  template <bool kConj, bool kGrad, bool kStream = false>
-  void step_out(const T* a, const T* x, T* out, const T* p, T* pout, int64_t nb) {
-    each(nb, [&](int64_t j) {
-      v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j] + x[j];
-      out[j] = v[j];
-      if (kGrad) pout[j] = conj_value(p[j]) * v[j];
-    });
-  }
-  template <bool kGrad, bool kStream = false>
-  void step_out_with(const Coef& a, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
-    each(nb, [&](int64_t j) {
-      v[j] = a.v[j] * v[j] + x[j];
-      out[j] = v[j];
-      if (kGrad) acc->v[j] += conj_value(p[j]) * v[j];
-    });
-  }
-  template <bool kConj>
-  void scale(const T* a, int64_t nb) {
-    each(nb, [&](int64_t j) { v[j] = (kConj ? conj_value(a[j]) : a[j]) * v[j]; });
-  }
-  // `steps` steps of step_out, the rows of a, x, out, p and pout `stride` values apart (see the
-  // complex Row's steps_out).
-  template <bool kConj, bool kGrad, bool kStream = false>
-  void steps_out(const T* a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, T* pout, int64_t nb) {
-    for (int64_t t = 0; t < steps; ++t) {
-      const int64_t o = t * stride;
-      step_out<kConj, kGrad, kStream>(a + o, x + o, out + o, kGrad ? p + o : nullptr, kGrad ? pout + o : nullptr, nb);
-    }
-  }
-  // `steps` steps of v = a * v + x, rows `stride` values apart (see the complex Row's steps_with);
-  // kOut: out = v at each step, with step_out_with's grad_lam term when kGrad.
-  template <bool kOut, bool kGrad, bool kStream = false>
-  void steps_with(const Coef& a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
-    for (int64_t t = 0; t < steps; ++t) {
-      const int64_t o = t * stride;
-      if constexpr (kOut) {
-        step_out_with<kGrad, kStream>(a, x + o, out + o, kGrad ? p + o : nullptr, acc, nb);
-      } else {
-        each(nb, [&](int64_t j) { v[j] = a.v[j] * v[j] + x[o + j]; });
-      }
-    }
-  }
-};
-
-// Interleaved complex values, kW reals (kW / 2 values) per vector (GCC/Clang vector extensions, so
-// each instruction-set build gets its own instructions). A complex product a * v is
+// A vector of kW reals (GCC/Clang vector extensions, so each instruction-set build gets its own
+// instructions), with the shuffles of complex values kept interleaved. A complex product a * v is
 // re(a) * v + im(a) * swap(v) with the sign folded into the coefficient: one shuffle per vector,
 // where de-interleaving rows into real and imaginary arrays cost about six, which kept a core from
 // overlapping its arithmetic with memory (docs/perf.md, 2026-12-03).
@@ -347,14 +255,55 @@ struct Pairs {
   }
 };
 
-// Complex state kept interleaved like the tensors' rows, handled a vector at a time.
-template <typename R, bool kDown>
-struct Row<c10::complex<R>, kDown> {
-  using T = c10::complex<R>;
+// How values of T sit in vectors of reals, and their product by a coefficient: a real value is
+// one lane, its product a plain one; a complex value is an interleaved pair of lanes, its product
+// re(a) * v + im(a) * swap(v) with the sign folded into the coefficient (Pairs::split).
+template <typename T>
+struct Lanes {
+  using R = T;
   using P = Pairs<R>;
   using V = typename P::V;
+  static constexpr bool kComplex = false;
+  static constexpr int64_t kPer = 1;  // reals per value
+  // The coefficient of a vector of a (conj(a) when kConj; the same for real values).
+  template <bool kConj>
+  static void split(V a, V& re, V& im) {
+    re = a, im = V{};  // unused: set so that no lane is read uninitialised
+  }
+  static V mul(V re, V, V s) { return re * s; }
+  static V mul_add(V re, V, V s, V x) { return re * s + x; }
+};
+
+template <typename R_>
+struct Lanes<c10::complex<R_>> {
+  using R = R_;
+  using P = Pairs<R>;
+  using V = typename P::V;
+  static constexpr bool kComplex = true;
+  static constexpr int64_t kPer = 2;
+  template <bool kConj>
+  static void split(V a, V& re, V& im) {
+    P::template split<kConj>(a, re, im);
+  }
+  static V mul(V re, V im, V s) { return re * s + im * P::swap(s); }
+  static V mul_add(V re, V im, V s, V x) { return re * s + (im * P::swap(s) + x); }
+};
+
+// The state of one unit: `nb` channels of T, real or complex, kept as the tensors' rows hold them
+// (complex values interleaved) and handled a vector of reals at a time (Lanes). Each loop reads and
+// writes rows of the (B, L, N) tensors (`nb` consecutive values of T), visiting the channels
+// downwards when kDown (in_row_order).
+template <typename T, bool kDown>
+struct Row {
+  using Ln = Lanes<T>;
+  using R = typename Ln::R;
+  using P = typename Ln::P;
+  using V = typename Ln::V;
+  static constexpr bool kComplex = Ln::kComplex;
+  static constexpr int64_t kPer = Ln::kPer;
   static constexpr int64_t kW = P::kW;
-  alignas(64) R v[2 * kMaxBlock];
+  static constexpr int64_t kReals = kPer * kMaxBlock;  // of one row's state
+  alignas(64) R v[kReals];
 
   static const R* flat(const T* p) { return reinterpret_cast<const R*>(p); }
   static R* flat(T* p) { return reinterpret_cast<R*>(p); }
@@ -363,7 +312,7 @@ struct Row<c10::complex<R>, kDown> {
   template <typename Body>
   static void each(int64_t nb, Body&& body) {
     constexpr int64_t kGroup = 256 / P::kBytes;  // vectors
-    const int64_t n = 2 * nb, full = n / kW, groups = full / kGroup;
+    const int64_t n = kPer * nb, full = n / kW, groups = full / kGroup;
     auto vec = [&](int64_t q) { body(q * kW, kW, std::true_type{}); };
     auto group = [&](int64_t g) {
       const int64_t q0 = g * kGroup;
@@ -399,67 +348,119 @@ struct Row<c10::complex<R>, kDown> {
   }
   static void fence() { P::fence(); }
 
-  // A coefficient constant over the steps, stored as P::split leaves it.
+  // A coefficient constant over the steps, stored as Lanes::split leaves it (im: complex only).
   struct Coef {
-    alignas(64) R re[2 * kMaxBlock], im[2 * kMaxBlock];
+    alignas(64) R re[kReals], im[kComplex ? kReals : 1];
     template <bool kConj>
     void load_as(const T* src, int64_t nb) {
       each(nb, [&](int64_t k, int64_t n, auto full) {
         V r, i;
-        P::template split<kConj>(read(flat(src), k, n, full), r, i);
-        P::store(re + k, r), P::store(im + k, i);
+        Ln::template split<kConj>(read(flat(src), k, n, full), r, i);
+        P::store(re + k, r);
+        if constexpr (kComplex) P::store(im + k, i);
       });
     }
     void load(const T* src, int64_t nb) { load_as<false>(src, nb); }
     void load_conj(const T* src, int64_t nb) { load_as<true>(src, nb); }
     void fill(T value, int64_t nb) {
       for (int64_t j = 0; j < nb; ++j) {
-        re[2 * j] = re[2 * j + 1] = value.real();
-        im[2 * j] = -value.imag(), im[2 * j + 1] = value.imag();
+        if constexpr (kComplex) {
+          re[2 * j] = re[2 * j + 1] = value.real();
+          im[2 * j] = -value.imag(), im[2 * j + 1] = value.imag();
+        } else {
+          re[j] = value;
+        }
       }
+    }
+    V re_at(int64_t k) const { return P::load(re + k); }
+    V im_at(int64_t k) const {
+      if constexpr (kComplex) return P::load(im + k);
+      return V{};
     }
   };
-  // The sum over steps of conj(p) * v, as the sums of p * v and p * swap(v) lane by lane.
+  // The sum over steps of conj(p) * v: for complex values the sums of p * v and p * swap(v) lane
+  // by lane (ps: complex only).
   struct Acc {
-    alignas(64) R pv[2 * kMaxBlock], ps[2 * kMaxBlock];
+    alignas(64) R pv[kReals], ps[kComplex ? kReals : 1];
     void fill(T value, int64_t nb) {  // so that get(j) is value
       for (int64_t j = 0; j < nb; ++j) {
-        pv[2 * j] = value.real(), ps[2 * j] = value.imag();
-        pv[2 * j + 1] = ps[2 * j + 1] = R(0);
+        if constexpr (kComplex) {
+          pv[2 * j] = value.real(), ps[2 * j] = value.imag();
+          pv[2 * j + 1] = ps[2 * j + 1] = R(0);
+        } else {
+          pv[j] = value;
+        }
       }
     }
-    T get(int64_t j) const { return T(pv[2 * j] + pv[2 * j + 1], ps[2 * j] - ps[2 * j + 1]); }
-    void add(int64_t k, V p, V x) {
-      P::store(pv + k, P::load(pv + k) + p * x);
-      P::store(ps + k, P::load(ps + k) + p * P::swap(x));
+    T get(int64_t j) const {
+      if constexpr (kComplex) {
+        return T(pv[2 * j] + pv[2 * j + 1], ps[2 * j] - ps[2 * j + 1]);
+      } else {
+        return pv[j];
+      }
+    }
+    V pv_at(int64_t k) const { return P::load(pv + k); }
+    V ps_at(int64_t k) const {
+      if constexpr (kComplex) return P::load(ps + k);
+      return V{};
+    }
+    void put(int64_t k, V sum_pv, V sum_ps) {
+      P::store(pv + k, sum_pv);
+      if constexpr (kComplex) P::store(ps + k, sum_ps);
+    }
+    // The sums after one more step: q the row of p, s the state's.
+    static void add_to(V& sum_pv, V& sum_ps, V q, V s) {
+      sum_pv = sum_pv + q * s;
+      if constexpr (kComplex) sum_ps = sum_ps + q * P::swap(s);
+    }
+    void add(int64_t k, V q, V s) {
+      V a = pv_at(k), b = ps_at(k);
+      add_to(a, b, q, s);
+      put(k, a, b);
     }
   };
 
-  void load(const T* src, int64_t nb) { std::copy_n(flat(src), 2 * nb, v); }
+  void load(const T* src, int64_t nb) { std::copy_n(flat(src), kPer * nb, v); }
   void load_conj(const T* src, int64_t nb) {
-    for (int64_t j = 0; j < nb; ++j) v[2 * j] = src[j].real(), v[2 * j + 1] = -src[j].imag();
+    for (int64_t j = 0; j < nb; ++j) {
+      if constexpr (kComplex) {
+        v[2 * j] = src[j].real(), v[2 * j + 1] = -src[j].imag();
+      } else {
+        v[j] = src[j];
+      }
+    }
   }
   void fill(T value, int64_t nb) {
-    for (int64_t j = 0; j < nb; ++j) v[2 * j] = value.real(), v[2 * j + 1] = value.imag();
+    if constexpr (kComplex) {
+      for (int64_t j = 0; j < nb; ++j) v[2 * j] = value.real(), v[2 * j + 1] = value.imag();
+    } else {
+      std::fill_n(v, nb, value);
+    }
   }
-  void store(T* dst, int64_t nb) const { std::copy_n(v, 2 * nb, flat(dst)); }
-  T get(int64_t j) const { return T(v[2 * j], v[2 * j + 1]); }
+  void store(T* dst, int64_t nb) const { std::copy_n(v, kPer * nb, flat(dst)); }
+  T get(int64_t j) const {
+    if constexpr (kComplex) {
+      return T(v[2 * j], v[2 * j + 1]);
+    } else {
+      return v[j];
+    }
+  }
 
   // v = a * v + x (a conjugated when kConj), a per channel in a tensor's row.
   template <bool kConj>
   void step(const T* a, const T* x, int64_t nb) {
     each(nb, [&](int64_t k, int64_t n, auto full) {
-      V r, i, s = P::load(v + k);
-      P::template split<kConj>(read(flat(a), k, n, full), r, i);
-      P::store(v + k, r * s + (i * P::swap(s) + read(flat(x), k, n, full)));
+      V r, i;
+      Ln::template split<kConj>(read(flat(a), k, n, full), r, i);
+      P::store(v + k, Ln::mul_add(r, i, P::load(v + k), read(flat(x), k, n, full)));
     });
   }
   template <bool kConj>
   void scale(const T* a, int64_t nb) {
     each(nb, [&](int64_t k, int64_t n, auto full) {
-      V r, i, s = P::load(v + k);
-      P::template split<kConj>(read(flat(a), k, n, full), r, i);
-      P::store(v + k, r * s + i * P::swap(s));
+      V r, i;
+      Ln::template split<kConj>(read(flat(a), k, n, full), r, i);
+      P::store(v + k, Ln::mul(r, i, P::load(v + k)));
     });
   }
   // v = a * v + x and out = v, a per step (conjugated when kConj); when kGrad also the backward's
@@ -467,14 +468,14 @@ struct Row<c10::complex<R>, kDown> {
   template <bool kConj, bool kGrad, bool kStream = false>
   void step_out(const T* a, const T* x, T* out, const T* p, T* pout, int64_t nb) {
     each(nb, [&](int64_t k, int64_t n, auto full) {
-      V r, i, s = P::load(v + k);
-      P::template split<kConj>(read(flat(a), k, n, full), r, i);
-      s = r * s + (i * P::swap(s) + read(flat(x), k, n, full));
+      V r, i;
+      Ln::template split<kConj>(read(flat(a), k, n, full), r, i);
+      const V s = Ln::mul_add(r, i, P::load(v + k), read(flat(x), k, n, full));
       P::store(v + k, s);
       write<kStream>(flat(out), k, n, full, s);
       if (kGrad) {
-        P::template split<true>(read(flat(p), k, n, full), r, i);
-        write<kStream>(flat(pout), k, n, full, r * s + i * P::swap(s));
+        Ln::template split<true>(read(flat(p), k, n, full), r, i);
+        write<kStream>(flat(pout), k, n, full, Ln::mul(r, i, s));
       }
     });
   }
@@ -482,8 +483,7 @@ struct Row<c10::complex<R>, kDown> {
   template <bool kGrad, bool kStream = false>
   void step_out_with(const Coef& a, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
     each(nb, [&](int64_t k, int64_t n, auto full) {
-      V s = P::load(v + k);
-      s = P::load(a.re + k) * s + (P::load(a.im + k) * P::swap(s) + read(flat(x), k, n, full));
+      const V s = Ln::mul_add(a.re_at(k), a.im_at(k), P::load(v + k), read(flat(x), k, n, full));
       P::store(v + k, s);
       write<kStream>(flat(out), k, n, full, s);
       if (kGrad) acc->add(k, read(flat(p), k, n, full), s);
@@ -508,7 +508,7 @@ struct Row<c10::complex<R>, kDown> {
       return;
     }
     for_tiles(nb, [&](auto kg, int64_t k, int64_t width, auto full) {
-      tile<decltype(kg)::value, kOut, kGrad, kStream>(k, width, full, a, steps, 2 * stride, x, out, p, acc);
+      tile<decltype(kg)::value, kOut, kGrad, kStream>(k, width, full, a, steps, kPer * stride, x, out, p, acc);
     });
   }
 
@@ -521,7 +521,8 @@ struct Row<c10::complex<R>, kDown> {
       return;
     }
     for_tiles(nb, [&](auto kg, int64_t k, int64_t width, auto full) {
-      tile_per_step<decltype(kg)::value, kConj, kGrad, kStream>(k, width, full, a, steps, 2 * stride, x, out, p, pout);
+      tile_per_step<decltype(kg)::value, kConj, kGrad, kStream>(k, width, full, a, steps, kPer * stride, x, out, p,
+                                                                pout);
     });
   }
 
@@ -531,7 +532,7 @@ struct Row<c10::complex<R>, kDown> {
   // kTile at a time, then the rest one by one, the last, partial one (full false) alone.
   template <typename Body>
   static void for_tiles(int64_t nb, Body&& body) {
-    const int64_t n = 2 * nb, full = n / kW, groups = full / kTile;
+    const int64_t n = kPer * nb, full = n / kW, groups = full / kTile;
     auto group = [&](int64_t g) {
       body(std::integral_constant<int64_t, kTile>{}, g * kTile * kW, kW, std::true_type{});
     };
@@ -556,12 +557,12 @@ struct Row<c10::complex<R>, kDown> {
       for (int64_t i = 0; i < kG; ++i) {
         const int64_t ki = k + i * kW;
         V r, im;
-        P::template split<kConj>(read(flat(a) + o, ki, n, full), r, im);
-        s[i] = r * s[i] + (im * P::swap(s[i]) + read(flat(x) + o, ki, n, full));
+        Ln::template split<kConj>(read(flat(a) + o, ki, n, full), r, im);
+        s[i] = Ln::mul_add(r, im, s[i], read(flat(x) + o, ki, n, full));
         write<kStream>(flat(out) + o, ki, n, full, s[i]);
         if constexpr (kGrad) {
-          P::template split<true>(read(flat(p) + o, ki, n, full), r, im);
-          write<kStream>(flat(pout) + o, ki, n, full, r * s[i] + im * P::swap(s[i]));
+          Ln::template split<true>(read(flat(p) + o, ki, n, full), r, im);
+          write<kStream>(flat(pout) + o, ki, n, full, Ln::mul(r, im, s[i]));
         }
       }
     }
@@ -575,26 +576,21 @@ struct Row<c10::complex<R>, kDown> {
     V s[kG], re[kG], im[kG], pv[kG], ps[kG];
     for (int64_t i = 0; i < kG; ++i) {
       const int64_t ki = k + i * kW;
-      s[i] = P::load(v + ki), re[i] = P::load(a.re + ki), im[i] = P::load(a.im + ki);
-      if constexpr (kGrad) pv[i] = P::load(acc->pv + ki), ps[i] = P::load(acc->ps + ki);
+      s[i] = P::load(v + ki), re[i] = a.re_at(ki), im[i] = a.im_at(ki);
+      if constexpr (kGrad) pv[i] = acc->pv_at(ki), ps[i] = acc->ps_at(ki);
     }
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t o = t * stride;
       for (int64_t i = 0; i < kG; ++i) {
         const int64_t ki = k + i * kW;
-        s[i] = re[i] * s[i] + (im[i] * P::swap(s[i]) + read(flat(x) + o, ki, n, full));
+        s[i] = Ln::mul_add(re[i], im[i], s[i], read(flat(x) + o, ki, n, full));
         if constexpr (kOut) write<kStream>(flat(out) + o, ki, n, full, s[i]);
-        if constexpr (kGrad) {
-          const V q = read(flat(p) + o, ki, n, full);
-          pv[i] = pv[i] + q * s[i];
-          ps[i] = ps[i] + q * P::swap(s[i]);
-        }
+        if constexpr (kGrad) Acc::add_to(pv[i], ps[i], read(flat(p) + o, ki, n, full), s[i]);
       }
     }
     for (int64_t i = 0; i < kG; ++i) {
-      const int64_t ki = k + i * kW;
-      P::store(v + ki, s[i]);
-      if constexpr (kGrad) P::store(acc->pv + ki, pv[i]), P::store(acc->ps + ki, ps[i]);
+      P::store(v + k + i * kW, s[i]);
+      if constexpr (kGrad) acc->put(k + i * kW, pv[i], ps[i]);
     }
   }
 };
