@@ -13,7 +13,7 @@
 #include <vector>
 
 #if defined(__x86_64__)
-#include <immintrin.h>  // streaming stores (Pairs::stream)
+#include <immintrin.h>  // streaming stores and masked loads (Pairs)
 #endif
 
 #include "ops/scan_combine.h"

@@ -189,13 +189,63 @@ struct Pairs {
     return v;
   }
   static void store(R* p, V v) { __builtin_memcpy(p, &v, sizeof v); }
-  // The first n reals of a vector (the end of a row that does not fill one); the rest zero.
+  // The first n reals of a vector (0 < n < kW: the end of a row that does not fill one); the rest
+  // zero. Masked where the instruction set has masks: a memcpy of a variable length was a library
+  // call, which on rows ending in a partial vector took most of each step (float32 rows of 8
+  // values, AVX-512, ran 2.5x slower than with a scalar loop; docs/perf.md, 2026-12-04).
+#if defined(TORCH_LRU_CPU_HAS_AVX512)
+  static auto mask(int64_t n) {
+    return static_cast<std::conditional_t<sizeof(R) == 4, __mmask16, __mmask8>>((1u << n) - 1);
+  }
+  static V load(const R* p, int64_t n) {
+    if constexpr (sizeof(R) == 4) {
+      return (V)_mm512_maskz_loadu_ps(mask(n), p);
+    } else {
+      return (V)_mm512_maskz_loadu_pd(mask(n), p);
+    }
+  }
+  static void store(R* p, V v, int64_t n) {
+    if constexpr (sizeof(R) == 4) {
+      _mm512_mask_storeu_ps(p, mask(n), (__m512)v);
+    } else {
+      _mm512_mask_storeu_pd(p, mask(n), (__m512d)v);
+    }
+  }
+#elif defined(TORCH_LRU_CPU_HAS_AVX2)
+  static __m256i mask(int64_t n) {  // lanes below n all ones
+    M lane;
+    for (int64_t k = 0; k < kW; ++k) lane[k] = I(k);
+    return (__m256i)(lane < I(n));
+  }
+  static V load(const R* p, int64_t n) {
+    if constexpr (sizeof(R) == 4) {
+      return (V)_mm256_maskload_ps(p, mask(n));
+    } else {
+      return (V)_mm256_maskload_pd(p, mask(n));
+    }
+  }
+  static void store(R* p, V v, int64_t n) {
+    if constexpr (sizeof(R) == 4) {
+      _mm256_maskstore_ps(p, mask(n), (__m256)v);
+    } else {
+      _mm256_maskstore_pd(p, mask(n), (__m256d)v);
+    }
+  }
+#else
+  // A fixed trip count, so that the compiler unrolls the copy instead of calling memcpy.
   static V load(const R* p, int64_t n) {
     V v{};
-    __builtin_memcpy(&v, p, n * sizeof(R));
+    for (int64_t k = 0; k < kW - 1; ++k) {
+      if (k < n) v[k] = p[k];
+    }
     return v;
   }
-  static void store(R* p, V v, int64_t n) { __builtin_memcpy(p, &v, n * sizeof(R)); }
+  static void store(R* p, V v, int64_t n) {
+    for (int64_t k = 0; k < kW - 1; ++k) {
+      if (k < n) p[k] = v[k];
+    }
+  }
+#endif
   // A streaming store to p (aligned to kBytes): the line goes to memory without being read first.
   // An ordinary store reads each line it writes, so a pass that writes a tensor larger than the
   // caches moves its bytes twice (docs/perf.md, 2026-12-04). fence() orders these stores before
