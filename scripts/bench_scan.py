@@ -11,7 +11,9 @@ as many input and output streams, timed beside it, both allocating their outputs
 both pay the same page faults): grad_x alone (grad_h in, grad_x out) against -g; grad_x and
 grad_lam against g + h (time-invariant lam: grad_lam is (N,)); with lam per step (B, L, N), lam is
 one more input and grad_lam one more output: g * lam, and addcmul(g, h, lam) plus one more
-written tensor. "ratio" is floor time over op time (1 = at the floor). The in-cache rate is ns per
+written tensor. "ratio" is floor time over op time (1 = at the floor). The same table follows for
+float32 (real rows: the RG-LRU's scan, whose lam is per step), with the forward beside it (against
+x * lam, which moves its three tensors, for lam per step). The in-cache rate is ns per
 element on one thread, every tensor in L2 (B=8, L=64, N=64), for the forward and each backward,
 call included; beside it the fixed cost of each call (one step of 8 channels).
 
@@ -248,36 +250,47 @@ BACKWARD_CASES = {  # name: (lam per step, output_mask of scan_backward)
 }
 
 
-def backward_inputs(B, L, N, device, seed=0):
+def backward_inputs(B, L, N, device, seed=0, dtype=torch.complex64):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, L, N, dtype=torch.complex64, generator=gen)
+    x = torch.randn(B, L, N, dtype=dtype, generator=gen)
 
-    def polar(shape):
-        return torch.polar(0.9 + 0.1 * torch.rand(shape, generator=gen), 6.28 * torch.rand(shape, generator=gen))
+    def coefficients(shape):  # |lam| in [0.9, 1), any phase when complex
+        mod = 0.9 + 0.1 * torch.rand(shape, generator=gen)
+        return torch.polar(mod, 6.28 * torch.rand(shape, generator=gen)) if dtype.is_complex else mod.to(dtype)
 
-    lam, lam_t = polar(N).to(device), polar((B, L, N)).to(device)
-    x, g = x.to(device), torch.randn(B, L, N, dtype=torch.complex64, generator=gen).to(device)
+    lam, lam_t = coefficients(N).to(device), coefficients((B, L, N)).to(device)
+    x, g = x.to(device), torch.randn(B, L, N, dtype=dtype, generator=gen).to(device)
     return x, g, lam, lam_t, torch_lru.scan(lam, x), torch_lru.scan(lam_t, x)
 
 
-def bench_backward(B, L, N, device):
-    """Each backward against the elementwise op that moves its bytes (both allocating)."""
-    x, g, lam, lam_t, h, h_t = backward_inputs(B, L, N, device)
+def bench_backward(B, L, N, device, dtype=torch.complex64):
+    """Each backward against the elementwise op that moves its bytes (both allocating); for real
+    dtypes also the forward (against a clone, and with lam per step against x * lam)."""
+    x, g, lam, lam_t, h, h_t = backward_inputs(B, L, N, device, dtype=dtype)
     sb = torch.ops.torch_lru.scan_backward
+    row = {"size": [B, L, N]}
+    if not dtype.is_complex:
+        forwards = {
+            "forward": (lambda: torch_lru.scan(lam, x), lambda: x.clone()),
+            "forward, lam/step": (lambda: torch_lru.scan(lam_t, x), lambda: x * lam_t),
+        }
+        for name, (op_fn, floor_fn) in forwards.items():
+            op = median_seconds(op_fn, device, label=name)
+            floor = median_seconds(floor_fn, device, label=f"floor of {name}")
+            row[name] = {"op ms": op * 1e3, "floor ms": floor * 1e3, "ratio": floor / op}
     floors = {
         "x": lambda: torch.neg(g),
         "x+lam": lambda: g + h,
         "x, lam/step": lambda: g * lam_t,
         "x+lam, lam/step": lambda: (torch.addcmul(g, h_t, lam_t), torch.empty_like(g).fill_(1)),
     }
-    row = {"size": [B, L, N]}
     for name, (per_step, mask) in BACKWARD_CASES.items():
         a, hh = (lam_t, h_t) if per_step else (lam, h)
         op = median_seconds(lambda a=a, hh=hh, mask=mask: sb(g, a, hh, None, False, mask), device, label=name)
         floor = median_seconds(floors[name], device, label=f"floor of {name}")
         row[name] = {"op ms": op * 1e3, "floor ms": floor * 1e3, "ratio": floor / op}
     ratios = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in row.items() if k != "size")
-    log(f"  backward, floor / op: {ratios}")
+    log(f"  {dtype}, floor / op: {ratios}")
     return row
 
 
@@ -310,10 +323,10 @@ def in_cache_rates(device):
         torch.set_num_threads(threads)
 
 
-def print_backward_table(rows, rates, fixed):
-    names = list(BACKWARD_CASES)
+def print_backward_table(rows, rates, fixed, title="complex64"):
+    names = [n for n in rows[0] if n != "size"]
     print(
-        "\nbackward against its floor (an elementwise op over the same bytes, both allocating): "
+        f"\n{title}: backward against its floor (an elementwise op over the same bytes, both allocating): "
         "op ms / floor ms, floor / op"
     )
     print(f"{'B x L x N':>18} | " + " | ".join(f"{n:>24}" for n in names))
@@ -405,16 +418,17 @@ def main():
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise SystemExit(f"bench_scan.py: unknown peer {unknown}; choose from {', '.join(PEERS)}")
-    rows, backward_rows, rates, fixed = [], [], {}, {}
+    rows, backward_rows, real_rows, rates, fixed = [], [], [], {}, {}
     for size in sizes:  # figures are written after every size, so a run cut short keeps its rows
         rows.append(bench_size(*size, args.device, peers, loop=not args.no_loop))
         print_table(rows[-1:], args.device)
         if not args.no_backward:
             backward_rows.append(bench_backward(*size, args.device))
+            real_rows.append(bench_backward(*size, args.device, dtype=torch.float32))
         if args.json:
             with open(args.json, "w") as f:
                 figures = {"device": args.device, "threads": torch.get_num_threads(), "rows": rows}
-                json.dump({**figures, "backward": backward_rows}, f, indent=1)
+                json.dump({**figures, "backward": backward_rows, "float32": real_rows}, f, indent=1)
     if not args.no_backward and args.device == "cpu":
         rates, fixed = in_cache_rates(args.device)
         if args.json:
@@ -425,6 +439,7 @@ def main():
     print_table(rows, args.device)
     print_peer_table(rows, peers)
     if backward_rows:
+        print_backward_table(real_rows, {}, {}, title="float32 (real rows, the RG-LRU's scan)")
         print_backward_table(backward_rows, rates, fixed)
     if args.plot:
         plot(rows, args.plot, args.device)
