@@ -315,6 +315,8 @@ ISA_CASES = [  # (B, L, N, dtype): odd widths, rows walked up and down, L split 
     (1, 3000, 8, torch.complex64),
     (3, 50, 300, torch.float32),
     (2, 77, 19, torch.complex128),
+    (2, 40, 600, torch.complex64),  # whole rows over a page, walked down when descending
+    (1, 1500, 1100, torch.float32),  # past the caches: a row of about a page is not shared, L split
 ]
 ISA_SCRIPT = """
 import sys, torch, torch_lru

@@ -24,8 +24,8 @@
 namespace torch_lru::cpu::TORCH_LRU_CPU_ISA {
 
 constexpr int64_t kMaxBlock = 1024;            // channels per unit; the unit's state lives on the stack
-constexpr int64_t kMinSplit = 256;             // fewest channels of a row given to one unit when rows are split
-constexpr int64_t kMinSplitCachedBytes = 256;  // the same in bytes for tensors that stay in the caches
+constexpr int64_t kMinSplitBytes = 4096;       // fewest bytes of a row given to one unit when rows are split
+constexpr int64_t kMinSplitCachedBytes = 256;  // the same for tensors that stay in the caches
 constexpr int64_t kChunkBytes = 256 * 1024;    // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
 // Tensors up to this size stay in the caches: the loops are bound by their arithmetic there.
@@ -64,12 +64,14 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
   // Whole rows: splitting a row among threads would turn one contiguous stream into many strided
   // ones, which the prefetchers follow badly; below one unit per thread, L is split instead.
   p.block = std::min(N, kMaxBlock);
-  // Wide rows may still be shared among threads in runs of at least kMinSplit channels (2 KB of
-  // complex64), long enough for the prefetchers. In the caches, where prefetching does not matter
-  // and the loops are bound by their arithmetic, runs of 256 B (one register tile of complex64)
-  // do: splitting L instead doubles the arithmetic, which there cancels much of the second thread
-  // (1x4096x64 ran 1.1-1.4x faster split by channels, docs/perf.md, 2026-12-04).
-  const int64_t min_split = p.cached() ? std::max<int64_t>(1, kMinSplitCachedBytes / elem_size) : kMinSplit;
+  // Wide rows may still be shared among threads in runs of at least a page, so that each thread's
+  // part of a row is a stream the prefetchers follow: halves of 4 KB rows (1x4096x1024 float32)
+  // left two threads slower than one, and the L split beat them 1.4-1.7x on the backward
+  // (docs/perf.md, 2026-12-07). In the caches, where prefetching does not matter and the loops are
+  // bound by their arithmetic, runs of 256 B (one register tile of complex64) do: splitting L
+  // instead doubles the arithmetic, which there cancels much of the second thread (1x4096x64 ran
+  // 1.1-1.4x faster split by channels, docs/perf.md, 2026-12-04).
+  const int64_t min_split = std::max<int64_t>(1, (p.cached() ? kMinSplitCachedBytes : kMinSplitBytes) / elem_size);
   const int64_t want = std::min((threads + B - 1) / B, N / min_split);
   if (B * ((N + p.block - 1) / p.block) < threads && want > 1) {
     p.block = std::min(p.block, (N + want - 1) / want);
@@ -147,6 +149,31 @@ struct UnitLayout {
   int64_t offset(int64_t u, int64_t s) const { return (batch(u) * L + time_index(s, L, reverse)) * N + channel0(u); }
   // Element distance between consecutive logical steps.
   int64_t step() const { return reverse ? -N : N; }
+};
+
+// The constant coefficient's product over a chunk of the L split, a^n per channel (conj(a) when
+// kConj): every chunk but the last has chunk_len steps, so that power is taken once per call, not
+// once per chunk and channel (65,536 scalar powers for 1x4096x1024 in chunks of 64 steps, whose
+// L split then ran 1.1-1.3x faster; docs/perf.md, 2026-12-07).
+template <typename T, bool kConj>
+class ChunkPowers {
+ public:
+  ChunkPowers(const Partition& p, const T* lam, int64_t N) : lam_(lam), n_(p.chunks.chunk_len) {
+    if (p.split()) {
+      full_.resize(N);
+      for (int64_t j = 0; j < N; ++j) full_[j] = power(coef(j), n_);
+    }
+  }
+  // coef(j)^steps for channel j.
+  T operator()(int64_t j, int64_t steps) const {
+    return steps == n_ && !full_.empty() ? full_[j] : power(coef(j), steps);
+  }
+
+ private:
+  T coef(int64_t j) const { return kConj ? conj_value(lam_[j]) : lam_[j]; }
+  const T* lam_;
+  int64_t n_;
+  std::vector<T> full_;
 };
 
 // The order of one pass over a row cut into `groups` whole groups and a rest: groups upwards, then
@@ -646,10 +673,15 @@ struct Row {
 };
 
 // Whether a scan walks each row's channels downwards: when it steps to lower addresses (from row t to
-// row t-1) through rows shorter than a page. Measured on 2 KB rows (8x4096x256 complex64), walking
-// down was 1.2-1.45x faster; on 4 KB rows (two units per row of 1x4096x1024) walking up was
-// 1.2x faster, the prefetchers training on each page walked upwards (docs/perf.md, 2026-12-02).
-inline bool walk_down(bool descending, int64_t row_bytes) { return descending && row_bytes < 4096; }
+// row t-1) and its unit is a whole row, or a part of one shorter than a page. A whole row walked
+// down makes the pass one falling stream: on 4 KB rows (1x4096x1024 float32, one thread) twice as
+// fast as walking each row up (docs/perf.md, 2026-12-07). Measured on 2 KB rows (8x4096x256
+// complex64), walking down was 1.2-1.45x faster; on units of 4 KB that share a row (two per row of
+// 1x4096x1024 complex64) walking up was 1.2x faster, the prefetchers training on each page walked
+// upwards (docs/perf.md, 2026-12-02).
+inline bool walk_down(bool descending, const Partition& p, int64_t elem_size) {
+  return descending && (p.blocks == 1 || p.block * elem_size < 4096);
+}
 
 // Asks for the rows that the loop over steps reads `rows` steps ahead. On the Intel machine the
 // hardware prefetchers alone left a scan 1.2-1.6x slower than an elementwise op over the same
@@ -729,6 +761,7 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
   const int64_t step = lay.step();
   // Per-channel coefficient of unit u at logical step s.
   auto coef = [&](int64_t u, int64_t s) { return kPerStep ? lam + lay.offset(u, s) : lam + lay.channel0(u); };
+  const ChunkPowers<T, false> powers(p, lam, kPerStep ? 0 : N);
 
   auto aggregate = [&](int64_t u, int64_t s0, int64_t s1, Affine<T>* maps) {
     const int64_t nb = lay.width(u);
@@ -736,8 +769,8 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
     if (kPerStep) A.fill(T(1), nb);
     Bv.fill(T(0), nb);
     reduce_steps<kPerStep, false>(p, lay, A, Bv, x + lay.offset(u, s0), coef(u, s0), s0, s1, nb);
-    const T* a = coef(u, s0);
-    for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : power(a[j], s1 - s0), Bv.get(j)};
+    const int64_t c0 = lay.channel0(u);
+    for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : powers(c0 + j, s1 - s0), Bv.get(j)};
   };
 
   // kStream (a std::bool_constant): h written with streaming stores.
@@ -791,7 +824,7 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
 template <typename T, bool kPerStep>
 void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N, bool reverse) {
   const Partition p = make_partition(B, L, N, sizeof(T));
-  if (walk_down(reverse, p.block * sizeof(T))) {
+  if (walk_down(reverse, p, sizeof(T))) {
     scan_forward_rows<T, kPerStep, true>(p, lam, x, h0, h, L, N, reverse);
   } else {
     scan_forward_rows<T, kPerStep, false>(p, lam, x, h0, h, L, N, reverse);
@@ -815,6 +848,7 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
   // Time-invariant grad_lam: one partial sum per (unit, chunk) row, reduced in a fixed order.
   std::vector<T> partial(!kPerStep && grad_lam ? p.units * p.chunks.num_chunks() * p.block : 0, T(0));
   auto coef = [&](int64_t u, int64_t s) { return kPerStep ? lam + lay.offset(u, s) : lam + lay.channel0(u); };
+  const ChunkPowers<T, true> powers(p, lam, kPerStep ? 0 : N);
 
   // The coefficient of step s is conj(a) at step s-1; step 0 starts from a zero carry, so its
   // coefficient is never needed (and its a_{k+1} does not exist): it is taken as zero.
@@ -833,10 +867,9 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
     }
     const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
     reduce_steps<kPerStep, true>(p, lay, A, Bv, gs, coef(u, s - 1), s, s1, nb);
-    const T* a = coef(u, 0);
+    const int64_t c0 = lay.channel0(u);
     for (int64_t j = 0; j < nb; ++j) {
-      const T prod = s0 == 0 ? T(0) : power(conj_value(a[j]), scaled);
-      maps[j] = {kPerStep ? A.get(j) : prod, Bv.get(j)};
+      maps[j] = {kPerStep ? A.get(j) : s0 == 0 ? T(0) : powers(c0 + j, scaled), Bv.get(j)};
     }
   };
 
@@ -961,7 +994,7 @@ template <typename T, bool kPerStep>
 void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* gx, T* glam, T* gh0, int64_t B,
                           int64_t L, int64_t N, bool reverse) {
   const Partition p = make_partition(B, L, N, sizeof(T));
-  if (walk_down(!reverse, p.block * sizeof(T))) {
+  if (walk_down(!reverse, p, sizeof(T))) {
     scan_backward_rows<T, kPerStep, true>(p, g, lam, h, h0, gx, glam, gh0, L, N, reverse);
   } else {
     scan_backward_rows<T, kPerStep, false>(p, g, lam, h, h0, gx, glam, gh0, L, N, reverse);
