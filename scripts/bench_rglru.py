@@ -1,6 +1,8 @@
 """Benchmark of the RG-LRU layer (torch_lru.layers.RGLRU, Griffin's recurrent block), forward +
 backward, against the LRU layer at the same model width and against the same RG-LRU layer written
 with a Python loop over time (torch_lru.reference.rglru_loop: what a plain PyTorch port computes).
+Beside them the layer's five width-H matrix products alone, chained as in the layer, with their
+backward (ten more): no implementation of the layer is faster than that row.
 Same inputs, timed side by side in one process, the implementations interleaved round by round;
 each figure is the median over the rounds. Memory is reused between rounds (the first rounds
 are warm-up and not counted).
@@ -36,6 +38,20 @@ def rglru_in_a_loop(layer):
     return lambda u: rglru_loop(u, params)[0]
 
 
+def the_gemms_alone(rg):
+    """W_in_x, W_in_gate, the two gate maps and W_out as dense products (the default gate_blocks=1),
+    chained as in the layer; nothing else of it (no scan, gates, convolution or GeLU)."""
+    H, N = rg.d_model, rg.d_state
+    shapes = [(H, N), (H, N), (N, N), (N, N), (N, H)]
+    W = [torch.randn(shape, device=rg.Lambda.device, requires_grad=True) for shape in shapes]
+
+    def fn(u):
+        x, gate = u @ W[0], u @ W[1]
+        return (gate * (x @ W[2] + x @ W[3])) @ W[4]
+
+    return fn
+
+
 def rows(B, L, H, device):
     torch.manual_seed(0)
     rg = RGLRU(H, H).to(device)
@@ -46,6 +62,7 @@ def rows(B, L, H, device):
         f"lru (d_state {H})": lru_same,
         f"lru (d_state {2 * H})": lru_wide,
         f"rglru, Python loop over t (d_state {H})": rglru_in_a_loop(rg),
+        f"rglru's GEMMs alone (d_state {H})": the_gemms_alone(rg),
     }
 
 
