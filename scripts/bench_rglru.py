@@ -2,7 +2,7 @@
 backward, against the LRU layer at the same model width and against the same RG-LRU layer written
 with a Python loop over time (torch_lru.reference.rglru_loop: what a plain PyTorch port computes).
 Beside them the layer's five width-H matrix products alone, chained as in the layer, with their
-backward (ten more): no implementation of the layer is faster than that row.
+backward (ten more): a bound on any implementation of the layer as defined (dense gate maps).
 Same inputs, timed side by side in one process, the implementations interleaved round by round;
 each figure is the median over the rounds. Memory is reused between rounds (the first rounds
 are warm-up and not counted).

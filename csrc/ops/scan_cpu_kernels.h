@@ -23,10 +23,11 @@
 
 namespace torch_lru::cpu::TORCH_LRU_CPU_ISA {
 
-constexpr int64_t kMaxBlock = 1024;            // channels per unit; the unit's state lives on the stack
-constexpr int64_t kMinSplitBytes = 4096;       // fewest bytes of a row given to one unit when rows are split
-constexpr int64_t kMinSplitCachedBytes = 256;  // the same for tensors that stay in the caches
-constexpr int64_t kChunkBytes = 256 * 1024;    // bytes of x per chunk of the L-split path: stays in L2
+constexpr int64_t kMaxBlock = 1024;             // channels per unit; the unit's state lives on the stack
+constexpr int64_t kPageBytes = 4096;            // what the hardware prefetchers follow a stream within
+constexpr int64_t kMinSplitBytes = kPageBytes;  // fewest bytes of a row given to one unit when rows are split
+constexpr int64_t kMinSplitCachedBytes = 256;   // the same for tensors that stay in the caches
+constexpr int64_t kChunkBytes = 256 * 1024;     // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
 // Tensors up to this size stay in the caches: the loops are bound by their arithmetic there.
 constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
@@ -680,7 +681,7 @@ struct Row {
 // 1x4096x1024 complex64) walking up was 1.2x faster, the prefetchers training on each page walked
 // upwards (docs/perf.md, 2026-12-02).
 inline bool walk_down(bool descending, const Partition& p, int64_t elem_size) {
-  return descending && (p.blocks == 1 || p.block * elem_size < 4096);
+  return descending && (p.blocks == 1 || p.block * elem_size < kPageBytes);
 }
 
 // Asks for the rows that the loop over steps reads `rows` steps ahead. On the Intel machine the
