@@ -396,10 +396,18 @@ def plot(rows, path, device):
     print(f"plot written to {path}")
 
 
+def parse_size(text):
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SystemExit(f"bench_scan.py: --sizes takes BxLxN with positive integers, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    ap.add_argument("--sizes", help="comma-separated BxLxN (e.g. 1x4096x64,1x4096x1024) in place of the default sizes")
     ap.add_argument("--peers", default="jax,torch_assoc,fft", help="comma-separated; empty for none")
     ap.add_argument("--no-loop", action="store_true", help="skip the Python loop (the op against the copy only)")
     ap.add_argument("--no-backward", action="store_true", help="skip the backward against its floor")
@@ -414,6 +422,8 @@ def main():
     sizes = CUDA_SIZES if args.device == "cuda" else CPU_SIZES
     if args.quick:
         sizes = [(2, 512, 64), (1, 4096, 8)]
+    if args.sizes:
+        sizes = [parse_size(s) for s in args.sizes.split(",")]
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:

@@ -119,7 +119,8 @@ def test_split_along_length(device, threads, per_step, reverse):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for B, L, N in [(1, 20_000, 1), (1, 5_001, 16), (2, 9_000, 3)]:
+        # the last two over a megabyte: in the caches L is split in one chunk per thread
+        for B, L, N in [(1, 20_000, 1), (2, 9_000, 3), (1, 5_001, 16), (2, 4_100, 16)]:
             lam, x, h0 = make_inputs(B, L, N, torch.complex128, device, per_step, seed=L, r_min=0.999, r_max=0.99999)
             out = torch_lru.scan(lam, x, h0, reverse)
             assert_close_to_reference(out, reference(lam, x, h0, reverse), torch.complex128)
@@ -317,6 +318,7 @@ ISA_CASES = [  # (B, L, N, dtype): odd widths, rows walked up and down, L split 
     (2, 77, 19, torch.complex128),
     (2, 40, 600, torch.complex64),  # whole rows over a page, walked down when descending
     (1, 1500, 1100, torch.float32),  # past the caches: a row of about a page is not shared, L split
+    (1, 2100, 70, torch.complex64),  # in the caches, over a megabyte: L split, the first chunk longer
 ]
 ISA_SCRIPT = """
 import sys, torch, torch_lru
@@ -462,8 +464,8 @@ for L, N, dtype in torch.load(sys.argv[1]):
         lam_small = lam[:1].clone() if per_step else lam
         h = torch_lru.scan(lam, x, h0, reverse)
         grads = torch.ops.torch_lru.scan_backward(gy, lam, h, h0, reverse, [True, True, True])
-        # One thread: on two, a small B=1 problem is split by channels, and a loop over a unit's
-        # channels (grad_h0's) may round differently in its vector body and its scalar rest.
+        # One thread, so that the small B=1 problem is never split along L: its chunks' carries
+        # would round differently from one pass over the steps.
         torch.set_num_threads(1)
         h_small = torch_lru.scan(lam_small, small[0], small[2], reverse)
         assert torch.equal(h_small, h[:1]), ("h",) + case

@@ -50,17 +50,28 @@ C10_HOST_DEVICE inline Affine<T> combine(const Affine<T>& first, const Affine<T>
   return {second.a * first.a, second.a * first.b + second.b};
 }
 
-// Split of L steps into equal chunks (the last may be shorter). Chunk c covers the logical steps
-// [begin(c), end(c)) of the scan's direction of travel.
+// Split of L steps into chunks: a first one of `lead` steps (0: chunk_len), then chunks of
+// chunk_len (the last may be shorter). Chunk c covers the logical steps [begin(c), end(c)) of the
+// scan's direction of travel.
 struct ChunkPlan {
   int64_t length;     // L
   int64_t chunk_len;  // steps per chunk, >= 1
+  int64_t lead = 0;   // steps of the first chunk; 0: chunk_len
 
-  C10_HOST_DEVICE int64_t num_chunks() const { return (length + chunk_len - 1) / chunk_len; }
-  C10_HOST_DEVICE int64_t begin(int64_t c) const { return c * chunk_len; }
+  C10_HOST_DEVICE int64_t lead_len() const { return lead > 0 ? lead : chunk_len; }
+  C10_HOST_DEVICE int64_t num_chunks() const {
+    const int64_t first = lead_len();
+    return length <= first ? 1 : 1 + (length - first + chunk_len - 1) / chunk_len;
+  }
+  C10_HOST_DEVICE int64_t begin(int64_t c) const { return c == 0 ? 0 : lead_len() + (c - 1) * chunk_len; }
   C10_HOST_DEVICE int64_t end(int64_t c) const {
-    int64_t e = (c + 1) * chunk_len;
+    int64_t e = begin(c + 1);
     return e < length ? e : length;
+  }
+  // The chunk holding logical step s.
+  C10_HOST_DEVICE int64_t chunk_of(int64_t s) const {
+    const int64_t first = lead_len();
+    return s < first ? 0 : 1 + (s - first) / chunk_len;
   }
 };
 

@@ -8,9 +8,10 @@
 // a block is a whole row whenever N allows, so a unit streams through contiguous memory and the
 // inner loop over channels vectorises (complex state is kept interleaved, as the tensors hold it:
 // Row, Lanes). When threads outnumber units two to one or more (small B, long L) L is split into
-// chunks, chained as in a decoupled look-back scan (run_partitioned). Chunks are sized to stay in
-// a core's L2 between reduction and scan, so memory traffic stays near one read of x and one write
-// of h. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
+// chunks, chained as in a decoupled look-back scan (run_partitioned). Past the caches chunks are
+// sized to stay in a core's L2 between reduction and scan, so memory traffic stays near one read of
+// x and one write of h; in the caches there is one chunk per thread, the first the longest, as it
+// needs no reduction. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
 // with the rows a few steps ahead prefetched and the channels walked in the direction of travel;
 // outputs larger than the caches are written with streaming stores (Row::streams). Tensors
 // that stay in the caches take their steps a tile at a time, the state held in registers through
@@ -26,9 +27,19 @@ namespace torch_lru::cpu::TORCH_LRU_CPU_ISA {
 constexpr int64_t kMaxBlock = 1024;             // channels per unit; the unit's state lives on the stack
 constexpr int64_t kPageBytes = 4096;            // what the hardware prefetchers follow a stream within
 constexpr int64_t kMinSplitBytes = kPageBytes;  // fewest bytes of a row given to one unit when rows are split
-constexpr int64_t kMinSplitCachedBytes = 256;   // the same for tensors that stay in the caches
+constexpr int64_t kMinSplitDownBytes = 256;     // the same for a scan stepping down through the caches
 constexpr int64_t kChunkBytes = 256 * 1024;     // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
+// The L split in the caches (Partition::reduce_previous): a step of its reduction costs about this
+// much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07): 0.55-0.68 with a
+// constant coefficient, or with one per step where the scan also writes grad_lam per step, and
+// 0.78-0.95 with one per step otherwise. The split is taken where it promises kMinLeadSpeedup over
+// one thread, on tensors of kMinLeadSplitBytes or more (below, starting the second thread cost more
+// than it saved): on two threads, 1.4x against 1.2x.
+constexpr double kReduceCost = 0.6;
+constexpr double kReduceCostPerStep = 0.8;
+constexpr double kMinLeadSpeedup = 1.3;
+constexpr int64_t kMinLeadSplitBytes = 1024 * 1024;
 // Tensors up to this size stay in the caches: the loops are bound by their arithmetic there.
 constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 // Outputs larger than this are written with streaming stores where the rows allow (Row::streams).
@@ -43,6 +54,10 @@ struct Partition {
   int64_t units = 0;       // B * blocks
   ChunkPlan chunks{0, 1};  // the split of L (one chunk: no split)
   int64_t bytes = 0;       // of one (B, L, N) tensor
+  // How the L split finds a chunk's carry-in (run_partitioned): false, the worker of a chunk reduces
+  // that chunk, then scans it from its cache; true, it reduces the chunk before it, which another
+  // worker is scanning meanwhile, so the first chunk needs no reduction and can be the longest.
+  bool reduce_previous = false;
 
   bool split() const { return chunks.num_chunks() > 1; }
   bool cached() const { return bytes <= kCachedBytes; }
@@ -54,31 +69,48 @@ struct Partition {
   int64_t tile_steps(int64_t row_bytes) const {
     return cached() ? std::max<int64_t>(1, kTileBytes / std::max<int64_t>(row_bytes, 1)) : 1;
   }
-  // Index of the chunk holding logical step s.
-  int64_t chunk_of(int64_t s) const { return s / chunks.chunk_len; }
 };
 
-Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
+// reduce_cost: of a step of the L split's reduction against a step of the scan (kReduceCost...);
+// descending: the scan steps from row t to row t-1 (walk_down).
+Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, double reduce_cost, bool descending) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   Partition p;
   p.bytes = B * L * N * elem_size;
   // Whole rows: splitting a row among threads would turn one contiguous stream into many strided
-  // ones, which the prefetchers follow badly; below one unit per thread, L is split instead.
+  // ones, which the prefetchers follow badly; below one unit per thread, L is split instead. Wide
+  // rows may still be shared among threads in runs of at least a page, each thread's part a stream
+  // of its own pages: halves of 4 KB rows (1x4096x1024 float32) left two threads slower than one,
+  // and the L split beat them 1.4-1.7x on the backward; in the caches two threads writing the
+  // halves of 512 B rows (1x2048x64 complex64) took 15-60 µs a call where one thread took 31 µs,
+  // while two rows, one per thread, took 17 µs every time (docs/perf.md, 2026-12-07). A scan that
+  // steps down through the caches suffered less (the same forward reversed, 29-37 µs against
+  // 47-59), and its rows shared in runs of 256 B beat the L split on the backward with a
+  // coefficient per step, so it keeps them.
   p.block = std::min(N, kMaxBlock);
-  // Wide rows may still be shared among threads in runs of at least a page, so that each thread's
-  // part of a row is a stream the prefetchers follow: halves of 4 KB rows (1x4096x1024 float32)
-  // left two threads slower than one, and the L split beat them 1.4-1.7x on the backward
-  // (docs/perf.md, 2026-12-07). In the caches, where prefetching does not matter and the loops are
-  // bound by their arithmetic, runs of 256 B (one register tile of complex64) do: splitting L
-  // instead doubles the arithmetic, which there cancels much of the second thread (1x4096x64 ran
-  // 1.1-1.4x faster split by channels, docs/perf.md, 2026-12-04).
-  const int64_t min_split = std::max<int64_t>(1, (p.cached() ? kMinSplitCachedBytes : kMinSplitBytes) / elem_size);
+  const int64_t min_bytes = p.cached() && descending ? kMinSplitDownBytes : kMinSplitBytes;
+  const int64_t min_split = std::max<int64_t>(1, min_bytes / elem_size);
   const int64_t want = std::min((threads + B - 1) / B, N / min_split);
   if (B * ((N + p.block - 1) / p.block) < threads && want > 1) {
     p.block = std::min(p.block, (N + want - 1) / want);
   }
   p.blocks = (N + p.block - 1) / p.block;
   p.units = B * p.blocks;
+  if (p.cached()) {
+    // In the caches L is split in one chunk per thread (reduce_previous): the first chunk is never
+    // reduced and is the longest, L / speedup steps, the others equal, so that every worker (its
+    // reduction of the chunk before, then its own scan) finishes at the same time.
+    const int64_t parts = threads / p.units;
+    const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
+    if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes) {
+      const int64_t lead = std::llround(double(L) / speedup);
+      p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
+      p.reduce_previous = true;
+    } else {
+      p.chunks = ChunkPlan{L, std::max<int64_t>(L, 1)};
+    }
+    return p;
+  }
   const int64_t chunk_len = std::max(kMinChunkLen, kChunkBytes / (p.block * elem_size));
   // The split does about twice the arithmetic of a plain scan (reduce, then scan), which two
   // threads on one unit repay: B=1, L=2^20, N=64 complex64 ran 1.3-1.8x faster split on two cores
@@ -94,12 +126,15 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size) {
 //     state in it
 // `state` holds one row of p.block values per unit: the initial state in, the final state out.
 //
-// With L split, chunks are claimed in order from a shared counter (unit-interleaved). A worker
-// reduces its chunk to a map while the chunk before it is still in flight, waits for that chunk's
-// carry, publishes its own carry-out (map applied to carry-in) for the next chunk at once, and
-// then scans its chunk from the carry-in, reading the data it just brought into its cache. Chunks
-// are claimed in order and a claimed chunk only waits for earlier ones, so any number of workers,
-// one included, makes progress; the arithmetic does not depend on which worker takes which chunk.
+// With L split, chunks are claimed in order from a shared counter (unit-interleaved). Past the
+// caches a worker reduces its chunk to a map while the chunk before it is still in flight, waits
+// for that chunk's carry, publishes its own carry-out (map applied to carry-in) for the next chunk
+// at once, and then scans its chunk from the carry-in, reading the data it just brought into its
+// cache. In the caches (p.reduce_previous) a worker instead reduces the chunk before its own, which
+// another worker is scanning meanwhile, applies that map to the earlier chunk's carry-in to get its
+// own, publishes it and scans: the first chunk is never reduced. Either way chunks are claimed in
+// order and a claimed chunk only waits for earlier ones, so any number of workers, one included,
+// makes progress; the arithmetic does not depend on which worker takes which chunk.
 template <typename T, typename AggregateFn, typename ScanFn>
 void run_partitioned(const Partition& p, int64_t L, std::vector<T>& state, const AggregateFn& aggregate,
                      const ScanFn& scan) {
@@ -117,6 +152,29 @@ void run_partitioned(const Partition& p, int64_t L, std::vector<T>& state, const
   for (int64_t u = 0; u < p.units; ++u) std::copy_n(&state[u * p.block], p.block, &carry[u * p.block]);
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), total);
+  if (p.reduce_previous) {
+    // Chunk i's carry-in is the map of the chunk before it applied to that chunk's carry-in, which
+    // stays in `carry` for the next chunk's worker: the scan runs from a copy.
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      std::vector<Affine<T>> map(p.block);
+      std::vector<T> run(p.block);
+      for (int64_t i = next.fetch_add(1); i < total; i = next.fetch_add(1)) {
+        const int64_t u = i % p.units, c = i / p.units;
+        T* in = &carry[i * p.block];
+        if (c > 0) {
+          aggregate(u, p.chunks.begin(c - 1), p.chunks.end(c - 1), map.data());
+          while (!ready[i - p.units].load(std::memory_order_acquire)) std::this_thread::yield();
+          const T* before = &carry[(i - p.units) * p.block];
+          for (int64_t j = 0; j < p.block; ++j) in[j] = map[j].apply(before[j]);
+          ready[i].store(true, std::memory_order_release);
+        }
+        std::copy_n(in, p.block, run.data());
+        scan(u, p.chunks.begin(c), p.chunks.end(c), run.data());
+        if (c == C - 1) std::copy_n(run.data(), p.block, &state[u * p.block]);
+      }
+    });
+    return;
+  }
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     std::vector<Affine<T>> map(p.block);
     for (int64_t i = next.fetch_add(1); i < total; i = next.fetch_add(1)) {
@@ -150,31 +208,6 @@ struct UnitLayout {
   int64_t offset(int64_t u, int64_t s) const { return (batch(u) * L + time_index(s, L, reverse)) * N + channel0(u); }
   // Element distance between consecutive logical steps.
   int64_t step() const { return reverse ? -N : N; }
-};
-
-// The constant coefficient's product over a chunk of the L split, a^n per channel (conj(a) when
-// kConj): every chunk but the last has chunk_len steps, so that power is taken once per call, not
-// once per chunk and channel (65,536 scalar powers for 1x4096x1024 in chunks of 64 steps, whose
-// L split then ran 1.1-1.3x faster; docs/perf.md, 2026-12-07).
-template <typename T, bool kConj>
-class ChunkPowers {
- public:
-  ChunkPowers(const Partition& p, const T* lam, int64_t N) : lam_(lam), n_(p.chunks.chunk_len) {
-    if (p.split()) {
-      full_.resize(N);
-      for (int64_t j = 0; j < N; ++j) full_[j] = power(coef(j), n_);
-    }
-  }
-  // coef(j)^steps for channel j.
-  T operator()(int64_t j, int64_t steps) const {
-    return steps == n_ && !full_.empty() ? full_[j] : power(coef(j), steps);
-  }
-
- private:
-  T coef(int64_t j) const { return kConj ? conj_value(lam_[j]) : lam_[j]; }
-  const T* lam_;
-  int64_t n_;
-  std::vector<T> full_;
 };
 
 // The order of one pass over a row cut into `groups` whole groups and a rest: groups upwards, then
@@ -350,6 +383,7 @@ struct Lanes {
   }
   static V mul(V re, V, V s) { return re * s; }
   static V mul_add(V re, V, V s, V x) { return re * s + x; }
+  static V one() { return V{} + R(1); }
 };
 
 template <typename R_>
@@ -365,6 +399,7 @@ struct Lanes<c10::complex<R_>> {
   }
   static V mul(V re, V im, V s) { return re * s + im * P::swap(s); }
   static V mul_add(V re, V im, V s, V x) { return re * s + (im * P::swap(s) + x); }
+  static V one() { return P::alternate(R(1), R(0)); }
 };
 
 // The state of one unit: `nb` channels of T, real or complex, kept as the tensors' rows hold them
@@ -524,21 +559,18 @@ struct Row {
     }
   }
 
-  // v = a * v + x (a conjugated when kConj), a per channel in a tensor's row.
+  // v = a^n per channel (conj(a)^n when kConj), a a tensor's row: by repeated squaring, a vector of
+  // the row at a time. The L split's chunk maps need it for a constant coefficient; a scalar power
+  // per channel took 4 µs a call at 1x4096x64 complex64, a tenth of the whole scan.
   template <bool kConj>
-  void step(const T* a, const T* x, int64_t nb) {
-    each(nb, [&](int64_t k, int64_t n, auto full) {
-      V r, i;
-      Ln::template split<kConj>(read(flat(a), k, n, full), r, i);
-      P::store(v + k, Ln::mul_add(r, i, P::load(v + k), read(flat(x), k, n, full)));
-    });
-  }
-  template <bool kConj>
-  void scale(const T* a, int64_t nb) {
-    each(nb, [&](int64_t k, int64_t n, auto full) {
-      V r, i;
-      Ln::template split<kConj>(read(flat(a), k, n, full), r, i);
-      P::store(v + k, Ln::mul(r, i, P::load(v + k)));
+  void power(const T* a, int64_t n, int64_t nb) {
+    each(nb, [&](int64_t k, int64_t w, auto full) {
+      V base = read(flat(a), k, w, full), acc = Ln::one(), r, i;
+      for (int64_t m = n; m > 0; m >>= 1) {
+        if (m & 1) Ln::template split<kConj>(base, r, i), acc = Ln::mul(r, i, acc);
+        if (m > 1) Ln::template split<false>(base, r, i), base = Ln::mul(r, i, base);
+      }
+      P::store(v + k, acc);
     });
   }
   // v = a * v + x and out = v, a per step (conjugated when kConj); when kGrad also the backward's
@@ -604,6 +636,18 @@ struct Row {
     });
   }
 
+  // `steps` steps of the L split's reduction with a per step (conjugated when kConj): prod = a * prod
+  // and v = a * v + x, the rows of a and x `stride` values apart, a tile at a time with both states
+  // in registers. A step of the whole row at a time kept them in the arrays and cost more than the
+  // scan itself (docs/perf.md, 2026-12-07).
+  template <bool kConj>
+  void steps_reduce(Row& prod, const T* a, int64_t steps, int64_t stride, const T* x, int64_t nb) {
+    for_tiles(nb, [&](auto kg, int64_t k, int64_t width, auto full) {
+      tile_per_step<decltype(kg)::value, kConj, false, false, true>(k, width, full, a, steps, kPer * stride, x, nullptr,
+                                                                    nullptr, nullptr, &prod);
+    });
+  }
+
  private:
   // Visits a row of nb values a tile's width at a time, in row order (in_row_order): body(kG, k,
   // n, full) for kG (a std::integral_constant) vectors from real offset k on, n reals in each;
@@ -623,20 +667,27 @@ struct Row {
     in_row_order<kDown>(groups, group, rest);
   }
 
-  // steps_out's tile: kG vectors from real offset k on (n reals in each when not Full: then kG is
-  // 1) through `steps` rows `stride` reals apart. Each channel's arithmetic is step_out's.
-  template <int64_t kG, bool kConj, bool kGrad, bool kStream, typename Full>
+  // The tile of steps_out and, when kReduce, of steps_reduce (prod, whose state is the product of the
+  // coefficients; nothing written): kG vectors from real offset k on (n reals in each when not Full:
+  // then kG is 1) through `steps` rows `stride` reals apart. Each channel's arithmetic is
+  // step_out's; when kReduce, q = a * q, then s = a * s + x.
+  template <int64_t kG, bool kConj, bool kGrad, bool kStream, bool kReduce = false, typename Full>
   void tile_per_step(int64_t k, int64_t n, Full full, const T* a, int64_t steps, int64_t stride, const T* x, T* out,
-                     const T* p, T* pout) {
-    V s[kG];
-    for (int64_t i = 0; i < kG; ++i) s[i] = P::load(v + k + i * kW);
+                     const T* p, T* pout, Row* prod = nullptr) {
+    V s[kG], q[kG];
+    for (int64_t i = 0; i < kG; ++i) {
+      s[i] = P::load(v + k + i * kW);
+      if constexpr (kReduce) q[i] = P::load(prod->v + k + i * kW);
+    }
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t o = t * stride;
       for (int64_t i = 0; i < kG; ++i) {
         const int64_t ki = k + i * kW;
         V r, im;
         Ln::template split<kConj>(read(flat(a) + o, ki, n, full), r, im);
+        if constexpr (kReduce) q[i] = Ln::mul(r, im, q[i]);
         s[i] = Ln::mul_add(r, im, s[i], read(flat(x) + o, ki, n, full));
+        if constexpr (kReduce) continue;
         write<kStream>(flat(out) + o, ki, n, full, s[i]);
         if constexpr (kGrad) {
           Ln::template split<true>(read(flat(p) + o, ki, n, full), r, im);
@@ -644,7 +695,10 @@ struct Row {
         }
       }
     }
-    for (int64_t i = 0; i < kG; ++i) P::store(v + k + i * kW, s[i]);
+    for (int64_t i = 0; i < kG; ++i) {
+      P::store(v + k + i * kW, s[i]);
+      if constexpr (kReduce) P::store(prod->v + k + i * kW, q[i]);
+    }
   }
   // kG vectors from real offset k on (n reals in each when not Full: then kG is 1) through `steps`
   // rows `stride` reals apart.
@@ -726,12 +780,13 @@ void reduce_steps(const Partition& p, const UnitLayout& lay, RowT& A, RowT& Bv, 
                   int64_t s1, int64_t nb) {
   const int64_t step = lay.step();
   const auto ahead = RowPrefetch::make<T>(p, lay, nb);
+  const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
   if (kPerStep) {
-    for (; s < s1; ++s, xs += step, as += step) {
-      ahead(xs, nb, s, s1);
-      ahead(as, nb, s, s1);
-      A.template scale<kConj>(as, nb);
-      Bv.template step<kConj>(as, xs, nb);
+    while (s < s1) {
+      const int64_t n = std::min(tile, s1 - s);
+      for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1), ahead(as + t * step, nb, s + t, s1);
+      Bv.template steps_reduce<kConj>(A, as, n, step, xs, nb);
+      s += n, xs += n * step, as += n * step;
     }
     return;
   }
@@ -741,7 +796,6 @@ void reduce_steps(const Partition& p, const UnitLayout& lay, RowT& A, RowT& Bv, 
   } else {
     c.load(as, nb);
   }
-  const int64_t tile = p.tile_steps(nb * int64_t(sizeof(T)));
   while (s < s1) {
     const int64_t n = std::min(tile, s1 - s);
     for (int64_t t = 0; t < n; ++t) ahead(xs + t * step, nb, s + t, s1);
@@ -762,16 +816,15 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
   const int64_t step = lay.step();
   // Per-channel coefficient of unit u at logical step s.
   auto coef = [&](int64_t u, int64_t s) { return kPerStep ? lam + lay.offset(u, s) : lam + lay.channel0(u); };
-  const ChunkPowers<T, false> powers(p, lam, kPerStep ? 0 : N);
 
   auto aggregate = [&](int64_t u, int64_t s0, int64_t s1, Affine<T>* maps) {
     const int64_t nb = lay.width(u);
-    RowT A, Bv;  // A, the product of the coefficients, is tracked only when they vary per step
+    RowT A, Bv;  // A, the product of the coefficients: tracked when they vary per step, else a power
     if (kPerStep) A.fill(T(1), nb);
     Bv.fill(T(0), nb);
     reduce_steps<kPerStep, false>(p, lay, A, Bv, x + lay.offset(u, s0), coef(u, s0), s0, s1, nb);
-    const int64_t c0 = lay.channel0(u);
-    for (int64_t j = 0; j < nb; ++j) maps[j] = {kPerStep ? A.get(j) : powers(c0 + j, s1 - s0), Bv.get(j)};
+    if (!kPerStep) A.template power<false>(coef(u, 0), s1 - s0, nb);
+    for (int64_t j = 0; j < nb; ++j) maps[j] = {A.get(j), Bv.get(j)};
   };
 
   // kStream (a std::bool_constant): h written with streaming stores.
@@ -824,7 +877,7 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
 
 template <typename T, bool kPerStep>
 void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N, bool reverse) {
-  const Partition p = make_partition(B, L, N, sizeof(T));
+  const Partition p = make_partition(B, L, N, sizeof(T), kPerStep ? kReduceCostPerStep : kReduceCost, reverse);
   if (walk_down(reverse, p, sizeof(T))) {
     scan_forward_rows<T, kPerStep, true>(p, lam, x, h0, h, L, N, reverse);
   } else {
@@ -849,7 +902,6 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
   // Time-invariant grad_lam: one partial sum per (unit, chunk) row, reduced in a fixed order.
   std::vector<T> partial(!kPerStep && grad_lam ? p.units * p.chunks.num_chunks() * p.block : 0, T(0));
   auto coef = [&](int64_t u, int64_t s) { return kPerStep ? lam + lay.offset(u, s) : lam + lay.channel0(u); };
-  const ChunkPowers<T, true> powers(p, lam, kPerStep ? 0 : N);
 
   // The coefficient of step s is conj(a) at step s-1; step 0 starts from a zero carry, so its
   // coefficient is never needed (and its a_{k+1} does not exist): it is taken as zero.
@@ -866,12 +918,10 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
       if (kPerStep) A.fill(T(1), nb);
       Bv.fill(T(0), nb);
     }
-    const int64_t scaled = s1 - s;  // steps whose coefficient multiplies the carry
     reduce_steps<kPerStep, true>(p, lay, A, Bv, gs, coef(u, s - 1), s, s1, nb);
-    const int64_t c0 = lay.channel0(u);
-    for (int64_t j = 0; j < nb; ++j) {
-      maps[j] = {kPerStep ? A.get(j) : s0 == 0 ? T(0) : powers(c0 + j, scaled), Bv.get(j)};
-    }
+    // Without a per-step coefficient the product over the steps that scale the carry is a power.
+    if (!kPerStep && s0 > 0) A.template power<true>(coef(u, 0), s1 - s, nb);
+    for (int64_t j = 0; j < nb; ++j) maps[j] = {A.get(j), Bv.get(j)};
   };
 
   // Steps [s0, s1) of unit u from the carry in `state`; kGrad: grad_lam wanted; kStream: the
@@ -948,7 +998,7 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
     d.store(state, nb);
     if (!kPerStep && kGrad) {
       // One row per (unit, chunk), summed below in a fixed order: deterministic.
-      T* row = &partial[(u * p.chunks.num_chunks() + p.chunk_of(s0)) * p.block];
+      T* row = &partial[(u * p.chunks.num_chunks() + p.chunks.chunk_of(s0)) * p.block];
       for (int64_t j = 0; j < nb; ++j) row[j] = acc.get(j);
     }
   };
@@ -994,7 +1044,9 @@ void scan_backward_rows(const Partition& p, const T* g, const T* lam, const T* h
 template <typename T, bool kPerStep>
 void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* gx, T* glam, T* gh0, int64_t B,
                           int64_t L, int64_t N, bool reverse) {
-  const Partition p = make_partition(B, L, N, sizeof(T));
+  // With grad_lam per step the scan writes one more tensor, so its reduction costs less beside it.
+  const double cost = kPerStep && glam == nullptr ? kReduceCostPerStep : kReduceCost;
+  const Partition p = make_partition(B, L, N, sizeof(T), cost, !reverse);
   if (walk_down(!reverse, p, sizeof(T))) {
     scan_backward_rows<T, kPerStep, true>(p, g, lam, h, h0, gx, glam, gh0, L, N, reverse);
   } else {
