@@ -397,8 +397,8 @@ def plot(rows, path, device):
 
 
 def parse_size(text):
-    parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+    parts = text.strip().lower().split("x")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
         raise SystemExit(f"bench_scan.py: --sizes takes BxLxN with positive integers, got {text!r}")
     return tuple(int(p) for p in parts)
 
@@ -415,6 +415,7 @@ def main():
     ap.add_argument("--plot", help="write a bar chart (PNG) here")
     ap.add_argument("--json", help="write the figures (JSON) here")
     args = ap.parse_args()
+    given = None if args.sizes is None else [parse_size(s) for s in args.sizes.split(",")]
     if args.heap == "warm":
         warm_heap()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -422,8 +423,8 @@ def main():
     sizes = CUDA_SIZES if args.device == "cuda" else CPU_SIZES
     if args.quick:
         sizes = [(2, 512, 64), (1, 4096, 8)]
-    if args.sizes:
-        sizes = [parse_size(s) for s in args.sizes.split(",")]
+    if given is not None:
+        sizes = given
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
