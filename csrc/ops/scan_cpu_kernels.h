@@ -11,11 +11,11 @@
 // chunks, chained as in a decoupled look-back scan (run_partitioned). Past the caches chunks are
 // sized to stay in a core's L2 between reduction and scan, so memory traffic stays near one read of
 // x and one write of h; in the caches there is one chunk per thread, the first the longest, as it
-// needs no reduction. Each step is one pass over its row (the backward's grad_x and grad_lam terms included),
-// with the rows a few steps ahead prefetched and the channels walked in the direction of travel;
-// outputs larger than the caches are written with streaming stores (Row::streams). Tensors
+// needs no reduction. Each step is one pass over its row (the backward's grad_x and grad_lam terms
+// included), with the rows a few steps ahead prefetched and the channels walked in the direction of
+// travel; outputs larger than the caches are written with streaming stores (Row::streams). Tensors
 // that stay in the caches take their steps a tile at a time, the state held in registers through
-// the tile (Row::steps_with, Row::steps_out).
+// the tile (Row::steps_with, Row::steps_out, Row::steps_reduce).
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -30,7 +30,7 @@ constexpr int64_t kMinSplitBytes = kPageBytes;  // fewest bytes of a row given t
 constexpr int64_t kMinSplitDownBytes = 256;     // the same for a scan stepping down through the caches
 constexpr int64_t kChunkBytes = 256 * 1024;     // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
-// The L split in the caches (Partition::reduce_previous): a step of its reduction costs about this
+// The L split in the caches (Partition::reduce_previous()): a step of its reduction costs about this
 // much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07): 0.55-0.68 with a
 // constant coefficient, or with one per step where the scan also writes grad_lam per step, and
 // 0.78-0.95 with one per step otherwise. The split is taken where it promises kMinLeadSpeedup over
@@ -54,13 +54,14 @@ struct Partition {
   int64_t units = 0;       // B * blocks
   ChunkPlan chunks{0, 1};  // the split of L (one chunk: no split)
   int64_t bytes = 0;       // of one (B, L, N) tensor
-  // How the L split finds a chunk's carry-in (run_partitioned): false, the worker of a chunk reduces
-  // that chunk, then scans it from its cache; true, it reduces the chunk before it, which another
-  // worker is scanning meanwhile, so the first chunk needs no reduction and can be the longest.
-  bool reduce_previous = false;
 
   bool split() const { return chunks.num_chunks() > 1; }
   bool cached() const { return bytes <= kCachedBytes; }
+  // How the L split finds a chunk's carry-in (run_partitioned): past the caches the worker of a
+  // chunk reduces that chunk, then scans it from its cache; in them it reduces the chunk before it,
+  // which another worker is scanning meanwhile, so the first chunk needs no reduction and can be
+  // the longest.
+  bool reduce_previous() const { return cached() && split(); }
   bool streamed() const { return bytes > kStreamBytes; }  // outputs written with streaming stores
   // Steps per tile of the tiled loops (Row::steps_with, Row::steps_out) on rows of `row_bytes`: a
   // tile of a row spans about a page in cache. Past the caches one step: a tile's order of lines
@@ -97,7 +98,7 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
   p.blocks = (N + p.block - 1) / p.block;
   p.units = B * p.blocks;
   if (p.cached()) {
-    // In the caches L is split in one chunk per thread (reduce_previous): the first chunk is never
+    // In the caches L is split in one chunk per thread (reduce_previous()): the first chunk is never
     // reduced and is the longest, L / speedup steps, the others equal, so that every worker (its
     // reduction of the chunk before, then its own scan) finishes at the same time.
     const int64_t parts = threads / p.units;
@@ -105,7 +106,6 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
     if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes) {
       const int64_t lead = std::llround(double(L) / speedup);
       p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
-      p.reduce_previous = true;
     } else {
       p.chunks = ChunkPlan{L, std::max<int64_t>(L, 1)};
     }
@@ -130,7 +130,7 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
 // caches a worker reduces its chunk to a map while the chunk before it is still in flight, waits
 // for that chunk's carry, publishes its own carry-out (map applied to carry-in) for the next chunk
 // at once, and then scans its chunk from the carry-in, reading the data it just brought into its
-// cache. In the caches (p.reduce_previous) a worker instead reduces the chunk before its own, which
+// cache. In the caches (p.reduce_previous()) a worker instead reduces the chunk before its own, which
 // another worker is scanning meanwhile, applies that map to the earlier chunk's carry-in to get its
 // own, publishes it and scans: the first chunk is never reduced. Either way chunks are claimed in
 // order and a claimed chunk only waits for earlier ones, so any number of workers, one included,
@@ -152,7 +152,7 @@ void run_partitioned(const Partition& p, int64_t L, std::vector<T>& state, const
   for (int64_t u = 0; u < p.units; ++u) std::copy_n(&state[u * p.block], p.block, &carry[u * p.block]);
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), total);
-  if (p.reduce_previous) {
+  if (p.reduce_previous()) {
     // Chunk i's carry-in is the map of the chunk before it applied to that chunk's carry-in, which
     // stays in `carry` for the next chunk's worker: the scan runs from a copy.
     at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
