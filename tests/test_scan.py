@@ -119,8 +119,9 @@ def test_split_along_length(device, threads, per_step, reverse):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        # the last two over a megabyte: in the caches L is split in one chunk per thread
-        for B, L, N in [(1, 20_000, 1), (2, 9_000, 3), (1, 5_001, 16), (2, 4_100, 16)]:
+        # from 1 to 16 MB L is split in one chunk per thread, the first the longest (the last three;
+        # 10 MB is past the caches, where a per-step forward on two threads takes chunks sized for L2)
+        for B, L, N in [(1, 20_000, 1), (2, 9_000, 3), (1, 5_001, 16), (2, 4_100, 16), (1, 4_100, 160)]:
             lam, x, h0 = make_inputs(B, L, N, torch.complex128, device, per_step, seed=L, r_min=0.999, r_max=0.99999)
             out = torch_lru.scan(lam, x, h0, reverse)
             assert_close_to_reference(out, reference(lam, x, h0, reverse), torch.complex128)
@@ -376,6 +377,7 @@ STREAM_CASES = [  # (B, L, N, dtype): L split on two threads; whole rows; rows n
     (2, 30000, 37, torch.complex64),
     (1, 1 << 17, 64, torch.float32),  # the real rows (the RG-LRU's) take the same stores
     (2, 8192, 320, torch.float32),
+    (1, 4100, 600, torch.float32),  # 9.8 MB: streamed, and L split one chunk per thread
 ]
 STREAM_SCRIPT = """
 import sys, torch, torch_lru

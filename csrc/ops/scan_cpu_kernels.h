@@ -8,14 +8,15 @@
 // a block is a whole row whenever N allows, so a unit streams through contiguous memory and the
 // inner loop over channels vectorises (complex state is kept interleaved, as the tensors hold it:
 // Row, Lanes). When threads outnumber units two to one or more (small B, long L) L is split into
-// chunks, chained as in a decoupled look-back scan (run_partitioned). Past the caches chunks are
-// sized to stay in a core's L2 between reduction and scan, so memory traffic stays near one read of
-// x and one write of h; in the caches there is one chunk per thread, the first the longest, as it
-// needs no reduction. Each step is one pass over its row (the backward's grad_x and grad_lam terms
-// included), with the rows a few steps ahead prefetched and the channels walked in the direction of
-// travel; outputs larger than the caches are written with streaming stores (Row::streams). Tensors
-// that stay in the caches take their steps a tile at a time, the state held in registers through
-// the tile (Row::steps_with, Row::steps_out, Row::steps_reduce).
+// chunks, chained as in a decoupled look-back scan (run_partitioned). Up to 16 MB, where the data
+// stays in the L3, there is one chunk per thread, the first the longest, as it needs no reduction;
+// past that chunks are sized to stay in a core's L2 between reduction and scan, so memory traffic
+// stays near one read of x and one write of h. Each step is one pass over its row (the backward's
+// grad_x and grad_lam terms included), with the rows a few steps ahead prefetched and the channels
+// walked in the direction of travel; outputs over 8 MB (with their input, half the L3) are written
+// with streaming stores (Row::streams). Tensors that stay in the caches take their steps a tile at
+// a time, the state held in registers through the tile (Row::steps_with, Row::steps_out,
+// Row::steps_reduce).
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -30,38 +31,44 @@ constexpr int64_t kMinSplitBytes = kPageBytes;  // fewest bytes of a row given t
 constexpr int64_t kMinSplitDownBytes = 256;     // the same for a scan stepping down through the caches
 constexpr int64_t kChunkBytes = 256 * 1024;     // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
-// The L split in the caches (Partition::reduce_previous()): a step of its reduction costs about this
-// much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07): 0.55-0.68 with a
-// constant coefficient, or with one per step where the scan also writes grad_lam per step, and
-// 0.78-0.95 with one per step otherwise. The split is taken where it promises kMinLeadSpeedup over
-// one thread, on tensors of kMinLeadSplitBytes or more (below, starting the second thread cost more
-// than it saved): on two threads, 1.4x against 1.2x.
+// The lead split of a single sequence (Partition::reduce_previous): a step of its reduction costs
+// about this much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07): 0.55-0.68
+// with a constant coefficient, or with one per step where the scan also writes grad_lam per step,
+// and 0.78-0.95 with one per step otherwise. The split is taken where it promises kMinLeadSpeedup
+// over one thread, on tensors of kMinLeadSplitBytes or more (below, starting the second thread cost
+// more than it saved; on two threads, 1.4x against 1.2x) and up to kMaxLeadSplitBytes: there the
+// reducing worker finds the chunk it reads in the L3, at 32 MB it read it from memory and lost.
 constexpr double kReduceCost = 0.6;
 constexpr double kReduceCostPerStep = 0.8;
 constexpr double kMinLeadSpeedup = 1.3;
 constexpr int64_t kMinLeadSplitBytes = 1024 * 1024;
+constexpr int64_t kMaxLeadSplitBytes = 16 * 1024 * 1024;
 // Tensors up to this size stay in the caches: the loops are bound by their arithmetic there.
 constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
-// Outputs larger than this are written with streaming stores where the rows allow (Row::streams).
-constexpr int64_t kStreamBytes = 16 * 1024 * 1024;
+// Outputs larger than this are written with streaming stores where the rows allow (Row::streams):
+// with its input such an output fills half the L3 or more, and ordinary stores, each line read
+// before it is written, cost float32 1x4096x1024 (16 MB) a third of its time (docs/perf.md,
+// 2026-12-07, evening).
+constexpr int64_t kStreamBytes = 8 * 1024 * 1024;
 // Bytes of a row in one tile of steps of the tiled loops (Row::steps_with, Row::steps_out).
 constexpr int64_t kTileBytes = 4096;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
-  int64_t block = 1;       // channels per unit
-  int64_t blocks = 1;      // units per batch row
-  int64_t units = 0;       // B * blocks
-  ChunkPlan chunks{0, 1};  // the split of L (one chunk: no split)
-  int64_t bytes = 0;       // of one (B, L, N) tensor
+  int64_t block = 1;        // channels per unit
+  int64_t blocks = 1;       // units per batch row
+  int64_t units = 0;        // B * blocks
+  ChunkPlan chunks{0, 1};   // the split of L (one chunk: no split)
+  bool lead_split = false;  // L split one chunk per thread, the first the longest (reduce_previous)
+  int64_t bytes = 0;        // of one (B, L, N) tensor
 
   bool split() const { return chunks.num_chunks() > 1; }
   bool cached() const { return bytes <= kCachedBytes; }
-  // How the L split finds a chunk's carry-in (run_partitioned): past the caches the worker of a
-  // chunk reduces that chunk, then scans it from its cache; in them it reduces the chunk before it,
-  // which another worker is scanning meanwhile, so the first chunk needs no reduction and can be
-  // the longest.
-  bool reduce_previous() const { return cached() && split(); }
+  // How the L split finds a chunk's carry-in (run_partitioned): in chunks sized for L2 the worker
+  // of a chunk reduces that chunk, then scans it from its cache; in the lead split (a single
+  // sequence up to kMaxLeadSplitBytes) it reduces the chunk before it, which another worker is
+  // scanning meanwhile, so the first chunk needs no reduction and can be the longest.
+  bool reduce_previous() const { return lead_split && split(); }
   bool streamed() const { return bytes > kStreamBytes; }  // outputs written with streaming stores
   // Steps per tile of the tiled loops (Row::steps_with, Row::steps_out) on rows of `row_bytes`: a
   // tile of a row spans about a page in cache. Past the caches one step: a tile's order of lines
@@ -97,18 +104,21 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
   }
   p.blocks = (N + p.block - 1) / p.block;
   p.units = B * p.blocks;
+  // Up to kMaxLeadSplitBytes L may be split in one chunk per thread (reduce_previous()): the first
+  // chunk is never reduced and is the longest, L / speedup steps, the others equal, so that every
+  // worker (its reduction of the chunk before, then its own scan) finishes at the same time. Where
+  // it promises too little, a tensor in the caches runs unsplit and a larger one takes chunks
+  // sized for L2 (below).
+  const int64_t parts = threads / p.units;
+  const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
+  if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes && p.bytes <= kMaxLeadSplitBytes) {
+    const int64_t lead = std::llround(double(L) / speedup);
+    p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
+    p.lead_split = true;
+    return p;
+  }
   if (p.cached()) {
-    // In the caches L is split in one chunk per thread (reduce_previous()): the first chunk is never
-    // reduced and is the longest, L / speedup steps, the others equal, so that every worker (its
-    // reduction of the chunk before, then its own scan) finishes at the same time.
-    const int64_t parts = threads / p.units;
-    const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
-    if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes) {
-      const int64_t lead = std::llround(double(L) / speedup);
-      p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
-    } else {
-      p.chunks = ChunkPlan{L, std::max<int64_t>(L, 1)};
-    }
+    p.chunks = ChunkPlan{L, std::max<int64_t>(L, 1)};
     return p;
   }
   const int64_t chunk_len = std::max(kMinChunkLen, kChunkBytes / (p.block * elem_size));
@@ -126,12 +136,12 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
 //     state in it
 // `state` holds one row of p.block values per unit: the initial state in, the final state out.
 //
-// With L split, chunks are claimed in order from a shared counter (unit-interleaved). Past the
-// caches a worker reduces its chunk to a map while the chunk before it is still in flight, waits
-// for that chunk's carry, publishes its own carry-out (map applied to carry-in) for the next chunk
-// at once, and then scans its chunk from the carry-in, reading the data it just brought into its
-// cache. In the caches (p.reduce_previous()) a worker instead reduces the chunk before its own, which
-// another worker is scanning meanwhile, applies that map to the earlier chunk's carry-in to get its
+// With L split, chunks are claimed in order from a shared counter (unit-interleaved). In chunks
+// sized for L2 a worker reduces its chunk to a map while the chunk before it is still in flight,
+// waits for that chunk's carry, publishes its own carry-out (map applied to carry-in) for the next
+// chunk at once, and then scans its chunk from the carry-in, reading the data it just brought into
+// its cache. In the lead split (p.reduce_previous()) a worker instead reduces the chunk before its
+// own, which another worker is scanning meanwhile, applies that map to the earlier chunk's carry-in to get its
 // own, publishes it and scans: the first chunk is never reduced. Either way chunks are claimed in
 // order and a claimed chunk only waits for earlier ones, so any number of workers, one included,
 // makes progress; the arithmetic does not depend on which worker takes which chunk.
