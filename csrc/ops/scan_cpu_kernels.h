@@ -55,20 +55,20 @@ constexpr int64_t kTileBytes = 4096;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
-  int64_t block = 1;        // channels per unit
-  int64_t blocks = 1;       // units per batch row
-  int64_t units = 0;        // B * blocks
-  ChunkPlan chunks{0, 1};   // the split of L (one chunk: no split)
-  bool lead_split = false;  // L split one chunk per thread, the first the longest (reduce_previous)
-  int64_t bytes = 0;        // of one (B, L, N) tensor
+  int64_t block = 1;       // channels per unit
+  int64_t blocks = 1;      // units per batch row
+  int64_t units = 0;       // B * blocks
+  ChunkPlan chunks{0, 1};  // the split of L (one chunk: no split)
+  int64_t bytes = 0;       // of one (B, L, N) tensor
 
   bool split() const { return chunks.num_chunks() > 1; }
   bool cached() const { return bytes <= kCachedBytes; }
   // How the L split finds a chunk's carry-in (run_partitioned): in chunks sized for L2 the worker
   // of a chunk reduces that chunk, then scans it from its cache; in the lead split (a single
   // sequence up to kMaxLeadSplitBytes) it reduces the chunk before it, which another worker is
-  // scanning meanwhile, so the first chunk needs no reduction and can be the longest.
-  bool reduce_previous() const { return lead_split && split(); }
+  // scanning meanwhile, so the first chunk needs no reduction and can be the longest: only this
+  // split gives the first chunk a length of its own.
+  bool reduce_previous() const { return chunks.lead > 0 && split(); }
   bool streamed() const { return bytes > kStreamBytes; }  // outputs written with streaming stores
   // Steps per tile of the tiled loops (Row::steps_with, Row::steps_out) on rows of `row_bytes`: a
   // tile of a row spans about a page in cache. Past the caches one step: a tile's order of lines
@@ -112,9 +112,8 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
   const int64_t parts = threads / p.units;
   const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
   if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes && p.bytes <= kMaxLeadSplitBytes) {
-    const int64_t lead = std::llround(double(L) / speedup);
+    const int64_t lead = std::max<int64_t>(1, std::llround(double(L) / speedup));
     p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
-    p.lead_split = true;
     return p;
   }
   if (p.cached()) {
