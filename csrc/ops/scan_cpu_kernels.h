@@ -32,12 +32,13 @@ constexpr int64_t kMinSplitDownBytes = 256;     // the same for a scan stepping 
 constexpr int64_t kChunkBytes = 256 * 1024;     // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
 // The lead split of a single sequence (Partition::reduce_previous): a step of its reduction costs
-// about this much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07): 0.55-0.68
-// with a constant coefficient, or with one per step where the scan also writes grad_lam per step,
-// and 0.78-0.95 with one per step otherwise. The split is taken where it promises kMinLeadSpeedup
-// over one thread, on tensors of kMinLeadSplitBytes or more (below, starting the second thread cost
-// more than it saved; on two threads, 1.4x against 1.2x) and up to kMaxLeadSplitBytes: there the
-// reducing worker finds the chunk it reads in the L3, at 32 MB it read it from memory and lost.
+// about this much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07):
+// 0.55-0.68 with a constant coefficient, or with one per step where the scan also writes grad_lam
+// per step, and 0.78-0.95 with one per step otherwise. The split is taken where it promises
+// kMinLeadSpeedup over one thread, on tensors of kMinLeadSplitBytes or more (below, starting the
+// second thread cost more than it saved; on two threads, 1.4x against 1.2x) and up to
+// kMaxLeadSplitBytes: there the reducing worker finds the chunk it reads in the L3, at 32 MB it
+// read it from memory and lost.
 constexpr double kReduceCost = 0.6;
 constexpr double kReduceCostPerStep = 0.8;
 constexpr double kMinLeadSpeedup = 1.3;
@@ -140,10 +141,10 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
 // waits for that chunk's carry, publishes its own carry-out (map applied to carry-in) for the next
 // chunk at once, and then scans its chunk from the carry-in, reading the data it just brought into
 // its cache. In the lead split (p.reduce_previous()) a worker instead reduces the chunk before its
-// own, which another worker is scanning meanwhile, applies that map to the earlier chunk's carry-in to get its
-// own, publishes it and scans: the first chunk is never reduced. Either way chunks are claimed in
-// order and a claimed chunk only waits for earlier ones, so any number of workers, one included,
-// makes progress; the arithmetic does not depend on which worker takes which chunk.
+// own, which another worker is scanning meanwhile, applies that map to the earlier chunk's carry-in
+// to get its own, publishes it and scans: the first chunk is never reduced. Either way chunks are
+// claimed in order and a claimed chunk only waits for earlier ones, so any number of workers, one
+// included, makes progress; the arithmetic does not depend on which worker takes which chunk.
 template <typename T, typename AggregateFn, typename ScanFn>
 void run_partitioned(const Partition& p, int64_t L, std::vector<T>& state, const AggregateFn& aggregate,
                      const ScanFn& scan) {
