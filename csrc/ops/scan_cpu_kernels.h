@@ -34,13 +34,15 @@ constexpr int64_t kMinChunkLen = 64;
 // The lead split of a single sequence (Partition::reduce_previous): a step of its reduction costs
 // about this much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07):
 // 0.55-0.68 with a constant coefficient, or with one per step where the scan also writes grad_lam
-// per step, and 0.78-0.95 with one per step otherwise. The split is taken where it promises
+// per step, and 0.78-0.95 with one per step otherwise, timed on halves of L. In the caches a split
+// planned at 0.6 for a coefficient per step still beat one thread by 1.2-1.3x (2026-12-07, night),
+// so kReduceCostPerStep serves past the caches only. The split is taken where it promises
 // kMinLeadSpeedup over one thread, on tensors of kMinLeadSplitBytes or more (below, starting the
 // second thread cost more than it saved; on two threads, 1.4x against 1.2x) and up to
 // kMaxLeadSplitBytes: there the reducing worker finds the chunk it reads in the L3, at 32 MB it
 // read it from memory and lost.
 constexpr double kReduceCost = 0.6;
-constexpr double kReduceCostPerStep = 0.8;
+constexpr double kReduceCostPerStep = 0.8;  // past the caches, one coefficient per step, no grad_lam
 constexpr double kMinLeadSpeedup = 1.3;
 constexpr int64_t kMinLeadSplitBytes = 1024 * 1024;
 constexpr int64_t kMaxLeadSplitBytes = 16 * 1024 * 1024;
@@ -80,9 +82,10 @@ struct Partition {
   }
 };
 
-// reduce_cost: of a step of the L split's reduction against a step of the scan (kReduceCost...);
-// descending: the scan steps from row t to row t-1 (walk_down).
-Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, double reduce_cost, bool descending) {
+// per_step_reduce: the L split's reduction multiplies a coefficient per step and the scan writes
+// nothing beside its output (kReduceCostPerStep past the caches); descending: the scan steps from
+// row t to row t-1 (walk_down).
+Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, bool per_step_reduce, bool descending) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   Partition p;
   p.bytes = B * L * N * elem_size;
@@ -111,6 +114,7 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, dou
   // it promises too little, a tensor in the caches runs unsplit and a larger one takes chunks
   // sized for L2 (below).
   const int64_t parts = threads / p.units;
+  const double reduce_cost = per_step_reduce && !p.cached() ? kReduceCostPerStep : kReduceCost;
   const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
   if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes && p.bytes <= kMaxLeadSplitBytes) {
     const int64_t lead = std::max<int64_t>(1, std::llround(double(L) / speedup));
@@ -887,7 +891,7 @@ void scan_forward_rows(const Partition& p, const T* lam, const T* x, const T* h0
 
 template <typename T, bool kPerStep>
 void scan_forward_kernel(const T* lam, const T* x, const T* h0, T* h, int64_t B, int64_t L, int64_t N, bool reverse) {
-  const Partition p = make_partition(B, L, N, sizeof(T), kPerStep ? kReduceCostPerStep : kReduceCost, reverse);
+  const Partition p = make_partition(B, L, N, sizeof(T), kPerStep, reverse);
   if (walk_down(reverse, p, sizeof(T))) {
     scan_forward_rows<T, kPerStep, true>(p, lam, x, h0, h, L, N, reverse);
   } else {
@@ -1055,8 +1059,7 @@ template <typename T, bool kPerStep>
 void scan_backward_kernel(const T* g, const T* lam, const T* h, const T* h0, T* gx, T* glam, T* gh0, int64_t B,
                           int64_t L, int64_t N, bool reverse) {
   // With grad_lam per step the scan writes one more tensor, so its reduction costs less beside it.
-  const double cost = kPerStep && glam == nullptr ? kReduceCostPerStep : kReduceCost;
-  const Partition p = make_partition(B, L, N, sizeof(T), cost, !reverse);
+  const Partition p = make_partition(B, L, N, sizeof(T), kPerStep && glam == nullptr, !reverse);
   if (walk_down(!reverse, p, sizeof(T))) {
     scan_backward_rows<T, kPerStep, true>(p, g, lam, h, h0, gx, glam, gh0, L, N, reverse);
   } else {
