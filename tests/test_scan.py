@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 import torch_lru
 from torch_lru.reference import scan_loop
@@ -514,6 +515,29 @@ def test_gradient_only_where_needed(device):
     out = torch_lru.scan(lam, x, h0)
     (gx,) = torch.autograd.grad(out.abs().sum(), x)
     assert gx.shape == x.shape and lam.grad is None and h0.grad is None
+
+
+def test_graph_recorded_only_where_a_gradient_is_wanted(device):
+    """Without an input that needs a gradient (or under no_grad) the op records no graph and
+    returns the same values; with one, only that input gets a gradient; forward-mode tangents
+    are refused, not dropped."""
+    lam, x, h0 = make_inputs(2, 10, 3, torch.complex64, device, per_step=True)
+    plain = torch_lru.scan(lam, x, h0)
+    assert plain.grad_fn is None and not plain.requires_grad
+    h0.requires_grad_()
+    with torch.no_grad():
+        quiet = torch_lru.scan(lam, x, h0)
+    assert quiet.grad_fn is None and not quiet.requires_grad
+    tracked = torch_lru.scan(lam, x, h0)
+    assert tracked.grad_fn is not None
+    torch.testing.assert_close(plain, quiet, rtol=0, atol=0)
+    torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)
+    (gh0,) = torch.autograd.grad(tracked.abs().sum(), h0)
+    assert gh0.shape == h0.shape
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, torch.ones_like(x))
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            torch_lru.scan(lam, dual)
 
 
 def test_scan_backward_output_mask(device):
