@@ -519,8 +519,8 @@ def test_gradient_only_where_needed(device):
 
 def test_graph_recorded_only_where_a_gradient_is_wanted(device):
     """Without an input that needs a gradient (or under no_grad) the op records no graph and
-    returns the same values; with one, only that input gets a gradient; forward-mode tangents
-    are refused, not dropped."""
+    returns the same values; with one, it records the graph and the gradient flows; forward-mode
+    tangents are refused, not dropped."""
     lam, x, h0 = make_inputs(2, 10, 3, torch.complex64, device, per_step=True)
     plain = torch_lru.scan(lam, x, h0)
     assert plain.grad_fn is None and not plain.requires_grad
@@ -530,8 +530,10 @@ def test_graph_recorded_only_where_a_gradient_is_wanted(device):
     assert quiet.grad_fn is None and not quiet.requires_grad
     tracked = torch_lru.scan(lam, x, h0)
     assert tracked.grad_fn is not None
-    torch.testing.assert_close(plain, quiet, rtol=0, atol=0)
-    torch.testing.assert_close(plain, tracked.detach(), rtol=0, atol=0)
+    # CUDA's look-back may differ in the last bits from run to run: exact on the CPU only
+    exact = {"rtol": 0, "atol": 0} if plain.device.type == "cpu" else {}
+    torch.testing.assert_close(plain, quiet, **exact)
+    torch.testing.assert_close(plain, tracked.detach(), **exact)
     (gh0,) = torch.autograd.grad(tracked.abs().sum(), h0)
     assert gh0.shape == h0.shape
     with fwAD.dual_level():
