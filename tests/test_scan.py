@@ -540,6 +540,8 @@ def test_graph_recorded_only_where_a_gradient_is_wanted(device):
         dual = fwAD.make_dual(x, torch.ones_like(x))
         with pytest.raises(RuntimeError, match="jvp is not implemented"):
             torch_lru.scan(lam, dual)
+        with pytest.raises(RuntimeError, match="forward-mode tangent"):
+            torch_lru.scan(lam, dual, out=torch.empty_like(x))
 
 
 def test_scan_backward_output_mask(device):

@@ -86,17 +86,20 @@ class ScanFunction : public torch::autograd::Function<ScanFunction> {
   }
 };
 
-// Whether autograd has anything to record for this input: a gradient to track in reverse mode, or
-// a tangent in forward mode (which ScanFunction refuses with a clear error, so it must see it).
+// Whether autograd has anything to record for these inputs: a gradient to track in reverse mode, or
+// a tangent in forward mode (which ScanFunction and the out= variant refuse with a clear error).
 bool autograd_needed(const at::Tensor& t) {
   return t.defined() && ((at::GradMode::is_enabled() && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+}
+bool autograd_needed(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0) {
+  return autograd_needed(lam) || autograd_needed(x) || (h0.has_value() && autograd_needed(*h0));
 }
 
 at::Tensor scan_autograd(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
                          bool reverse) {
   // With nothing to record, skip the graph node and its saved tensors: about 1 us of a 4-5 us call
   // on the smallest problems (docs/perf.md, 2026-12-07, night).
-  if (!autograd_needed(lam) && !autograd_needed(x) && !(h0.has_value() && autograd_needed(*h0))) {
+  if (!autograd_needed(lam, x, h0)) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return scan(lam, x, h0, reverse);
   }
@@ -106,11 +109,9 @@ at::Tensor scan_autograd(const at::Tensor& lam, const at::Tensor& x, const std::
 // out= variants are not differentiable; say so rather than return a result cut off from the graph.
 at::Tensor& scan_out_autograd(const at::Tensor& lam, const at::Tensor& x, const std::optional<at::Tensor>& h0,
                               bool reverse, at::Tensor& out) {
-  const bool needs_grad =
-      lam.requires_grad() || x.requires_grad() || (h0.has_value() && h0->defined() && h0->requires_grad());
-  TORCH_CHECK(!(at::GradMode::is_enabled() && needs_grad),
+  TORCH_CHECK(!autograd_needed(lam, x, h0),
               "torch_lru::scan.out: out= does not support automatic differentiation, but an input requires grad "
-              "(call scan without out=, or under torch.no_grad())");
+              "or carries a forward-mode tangent (call scan without out=, or under torch.no_grad())");
   at::AutoDispatchBelowADInplaceOrView guard;
   return scan_out(out, lam, x, h0, reverse);
 }
