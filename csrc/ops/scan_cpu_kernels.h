@@ -110,9 +110,9 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, boo
   p.units = B * p.blocks;
   // Up to kMaxLeadSplitBytes L may be split in one chunk per thread (reduce_previous()): the first
   // chunk is never reduced and is the longest, L / speedup steps, the others equal, so that every
-  // worker (its reduction of the chunk before, then its own scan) finishes at the same time. Where
-  // it promises too little, a tensor in the caches runs unsplit and a larger one takes chunks
-  // sized for L2 (below).
+  // worker (its reduction of the chunk before, then its own scan) finishes at the same time. Below
+  // kMinLeadSplitBytes a tensor runs unsplit; past the caches, where the split promises too little,
+  // it takes chunks sized for L2 (below).
   const int64_t parts = threads / p.units;
   const double reduce_cost = per_step_reduce && !p.cached() ? kReduceCostPerStep : kReduceCost;
   const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
