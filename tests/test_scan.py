@@ -321,6 +321,7 @@ ISA_CASES = [  # (B, L, N, dtype): odd widths, rows walked up and down, L split 
     (2, 40, 600, torch.complex64),  # whole rows over a page, walked down when descending
     (1, 1500, 1100, torch.float32),  # past the caches: a row of about a page is not shared, L split
     (1, 2100, 70, torch.complex64),  # in the caches, over a megabyte: L split, the first chunk longer
+    (1, 703, 1100, torch.complex64),  # 6.2 MB, rows of 8.8 KB shared by two threads: tiles of steps
 ]
 ISA_SCRIPT = """
 import sys, torch, torch_lru
@@ -379,6 +380,7 @@ STREAM_CASES = [  # (B, L, N, dtype): L split on two threads; whole rows; rows n
     (1, 1 << 17, 64, torch.float32),  # the real rows (the RG-LRU's) take the same stores
     (2, 8192, 320, torch.float32),
     (1, 4100, 600, torch.float32),  # 9.8 MB: streamed, and L split one chunk per thread
+    (1, 1201, 1024, torch.complex64),  # 9.8 MB: streamed, rows of 8 KB shared in pages, tiles of steps
 ]
 STREAM_SCRIPT = """
 import sys, torch, torch_lru
@@ -432,8 +434,8 @@ def test_streaming_stores_every_cpu_kernel_build(isa, tmp_path):
 
 # Tensors that stay in the caches (up to 4 MB) take their steps a tile at a time, with each part of
 # the row held in registers through the tile (Row::steps_with, lam constant; Row::steps_out, lam
-# per step); larger ones take one step at a time, a vector at a time (Row::step_out_with,
-# Row::step_out), in separate code. Each channel's arithmetic is the same either way, so a small
+# per step); larger ones with whole rows take one step at a time, a vector at a time
+# (Row::step_out_with, Row::step_out), in separate code. Each channel's arithmetic is the same either way, so a small
 # case must give the same bits as the same rows inside a batch too large to be tiled (its other
 # rows zero, which adds exact zeros to grad_lam). Rows with whole register groups, a rest and a
 # partial vector; h0, whose step is taken on its own in the backward; both directions; lam

@@ -14,9 +14,9 @@
 // stays near one read of x and one write of h. Each step is one pass over its row (the backward's
 // grad_x and grad_lam terms included), with the rows a few steps ahead prefetched and the channels
 // walked in the direction of travel; outputs over 8 MB (with their input, half the L3) are written
-// with streaming stores (Row::streams). Tensors that stay in the caches take their steps a tile at
-// a time, the state held in registers through the tile (Row::steps_with, Row::steps_out,
-// Row::steps_reduce).
+// with streaming stores (Row::streams). Tensors that stay in the caches, and rows shared among
+// threads past them, take their steps a tile at a time, the state held in registers through the
+// tile (Row::steps_with, Row::steps_out, Row::steps_reduce).
 #pragma once
 
 #ifndef TORCH_LRU_CPU_ISA
@@ -55,6 +55,12 @@ constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 constexpr int64_t kStreamBytes = 8 * 1024 * 1024;
 // Bytes of a row in one tile of steps of the tiled loops (Row::steps_with, Row::steps_out).
 constexpr int64_t kTileBytes = 4096;
+// Steps per tile past the caches where a unit is part of a row (rows of two pages or more at B=1,
+// a page each per thread): a step at a time read one page of each stream, then the page a row
+// further on, each new page starting cold, and complex64 1x4096x1024 ran at half its floor; four
+// rows in flight took 0.5-0.7 of the time, as 8 did, while 16 lost again with a coefficient per step
+// (docs/perf.md, 2026-12-07, late).
+constexpr int64_t kSharedRowTileSteps = 4;
 
 // How a (B, L, N) problem is divided among threads.
 struct Partition {
@@ -74,11 +80,13 @@ struct Partition {
   bool reduce_previous() const { return chunks.lead > 0 && split(); }
   bool streamed() const { return bytes > kStreamBytes; }  // outputs written with streaming stores
   // Steps per tile of the tiled loops (Row::steps_with, Row::steps_out) on rows of `row_bytes`: a
-  // tile of a row spans about a page in cache. Past the caches one step: a tile's order of lines
-  // (a part of each row, then the next part) lost the prefetchers' track, and the 1x2^20x64
-  // backward ran 1.5x slower (docs/perf.md, 2026-12-04).
+  // tile of a row spans about a page in cache. Past the caches whole rows take one step, their
+  // steps one stream already: a tile's order of lines (a part of each row, then the next part) lost
+  // the prefetchers' track, and the 1x2^20x64 backward ran 1.5x slower (docs/perf.md, 2026-12-04);
+  // units that are parts of rows take kSharedRowTileSteps.
   int64_t tile_steps(int64_t row_bytes) const {
-    return cached() ? std::max<int64_t>(1, kTileBytes / std::max<int64_t>(row_bytes, 1)) : 1;
+    if (cached()) return std::max<int64_t>(1, kTileBytes / std::max<int64_t>(row_bytes, 1));
+    return blocks > 1 ? kSharedRowTileSteps : 1;
   }
 };
 
@@ -627,7 +635,7 @@ struct Row {
 #endif
   template <bool kOut, bool kGrad, bool kStream = false>
   void steps_with(const Coef& a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, Acc* acc, int64_t nb) {
-    if (kOut && steps == 1) {  // one step (tensors past the caches): step_out_with, a vector at a time
+    if (kOut && steps == 1) {  // one step (whole rows past the caches): step_out_with, a vector at a time
       step_out_with<kGrad, kStream>(a, x, out, p, acc, nb);
       return;
     }
@@ -640,7 +648,7 @@ struct Row {
   // apart, a tile at a time like steps_with: the state stays in registers through the tile.
   template <bool kConj, bool kGrad, bool kStream = false>
   void steps_out(const T* a, int64_t steps, int64_t stride, const T* x, T* out, const T* p, T* pout, int64_t nb) {
-    if (steps == 1) {  // one step (tensors past the caches): step_out, a vector at a time
+    if (steps == 1) {  // one step (whole rows past the caches): step_out, a vector at a time
       step_out<kConj, kGrad, kStream>(a, x, out, p, pout, nb);
       return;
     }
