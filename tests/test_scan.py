@@ -319,7 +319,9 @@ ISA_CASES = [  # (B, L, N, dtype): odd widths, rows walked up and down, L split 
     (3, 50, 300, torch.float32),
     (2, 77, 19, torch.complex128),
     (2, 40, 600, torch.complex64),  # whole rows over a page, walked down when descending
-    (1, 1500, 1100, torch.float32),  # past the caches: a row of about a page is not shared, L split
+    # past the caches, rows of about a page: whole and split along L in one chunk per thread, or
+    # (lam per step, no grad_lam) shared in halves, a few steps at a time
+    (1, 1500, 1100, torch.float32),
     (1, 2100, 70, torch.complex64),  # in the caches, over a megabyte: L split, the first chunk longer
     (1, 703, 1100, torch.complex64),  # 6.2 MB, rows of 8.8 KB shared by two threads: tiles of steps
 ]
@@ -330,7 +332,8 @@ cases, out = torch.load(sys.argv[1]), []
 for lam, x, h0, g, reverse in cases:
     h = torch_lru.scan(lam, x, h0, reverse)
     grads = torch.ops.torch_lru.scan_backward(g, lam, h, h0, reverse, [True, True, True])
-    out.append((h, *grads))
+    grad_x_alone = torch.ops.torch_lru.scan_backward(g, lam, h, h0, reverse, [False, True, False])[1]
+    out.append((h, *grads, grad_x_alone))
 torch.save(out, sys.argv[2])
 """
 
@@ -360,7 +363,7 @@ def test_every_cpu_kernel_build(isa, tmp_path):
         assert_close_to_reference(got[0], reference(lam, x, h0, reverse), x.dtype)
         wide = [t.to(WIDE[x.dtype]).requires_grad_() for t in (lam, x, h0)]
         want = torch.autograd.grad(scan_loop(*wide, reverse), wide, g.to(WIDE[x.dtype]))
-        for a, b in zip(got[1:], want):  # grad_lam, grad_x, grad_h0
+        for a, b in zip(got[1:], (*want, want[1])):  # grad_lam, grad_x, grad_h0, grad_x alone
             scale = max(b.abs().max().item(), 1.0)
             tol = (1e-4 if x.dtype in (torch.float32, torch.complex64) else 1e-11) * scale
             torch.testing.assert_close(a.to(b.dtype), b, rtol=0, atol=tol)
@@ -381,6 +384,7 @@ STREAM_CASES = [  # (B, L, N, dtype): L split on two threads; whole rows; rows n
     (2, 8192, 320, torch.float32),
     (1, 4100, 600, torch.float32),  # 9.8 MB: streamed, and L split one chunk per thread
     (1, 1201, 1024, torch.complex64),  # 9.8 MB: streamed, rows of 8 KB shared in pages, tiles of steps
+    (1, 4203, 1030, torch.float32),  # 17 MB, rows of 4 KB shared in halves, the second half unaligned
 ]
 STREAM_SCRIPT = """
 import sys, torch, torch_lru

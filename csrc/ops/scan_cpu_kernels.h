@@ -29,7 +29,12 @@ constexpr int64_t kMaxBlock = 1024;             // channels per unit; the unit's
 constexpr int64_t kPageBytes = 4096;            // what the hardware prefetchers follow a stream within
 constexpr int64_t kMinSplitBytes = kPageBytes;  // fewest bytes of a row given to one unit when rows are split
 constexpr int64_t kMinSplitDownBytes = 256;     // the same for a scan stepping down through the caches
-constexpr int64_t kChunkBytes = 256 * 1024;     // bytes of x per chunk of the L-split path: stays in L2
+// The same past the caches where whole rows would take no lead split (Partition::reduce_previous):
+// rows of a page shared in halves, four steps a tile, beat the chunks sized for L2 in every case
+// measured, 1.0-1.5x (docs/perf.md, 2026-12-07, late, after); parts of 1 KB lost with a coefficient
+// per step.
+constexpr int64_t kMinSplitPastCachesBytes = 2048;
+constexpr int64_t kChunkBytes = 256 * 1024;  // bytes of x per chunk of the L-split path: stays in L2
 constexpr int64_t kMinChunkLen = 64;
 // The lead split of a single sequence (Partition::reduce_previous): a step of its reduction costs
 // about this much of a step of the scan, measured on two threads (docs/perf.md, 2026-12-07):
@@ -106,12 +111,23 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, boo
   // while two rows, one per thread, took 17 µs every time (docs/perf.md, 2026-12-07). A scan that
   // steps down through the caches suffered less (the same forward reversed, 29-37 µs against
   // 47-59), and its rows shared in runs of 256 B beat the L split on the backward with a
-  // coefficient per step, so it keeps them.
+  // coefficient per step, so it keeps them. Past the caches, rows shared among threads take their
+  // steps a few at a time (tile_steps), and where the lead split (below) is not taken rows are
+  // shared in runs of kMinSplitPastCachesBytes rather than split along L in chunks sized for L2.
   p.block = std::min(N, kMaxBlock);
-  const int64_t min_bytes = p.cached() && descending ? kMinSplitDownBytes : kMinSplitBytes;
+  const double reduce_cost = per_step_reduce && !p.cached() ? kReduceCostPerStep : kReduceCost;
+  auto lead_split = [&](int64_t units) {  // whether L is split in one chunk per thread
+    const int64_t parts = threads / units;
+    const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
+    return parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes && p.bytes <= kMaxLeadSplitBytes;
+  };
+  const int64_t whole_rows = B * ((N + p.block - 1) / p.block);
+  const int64_t min_bytes = p.cached()               ? (descending ? kMinSplitDownBytes : kMinSplitBytes)
+                            : lead_split(whole_rows) ? kMinSplitBytes
+                                                     : kMinSplitPastCachesBytes;
   const int64_t min_split = std::max<int64_t>(1, min_bytes / elem_size);
   const int64_t want = std::min((threads + B - 1) / B, N / min_split);
-  if (B * ((N + p.block - 1) / p.block) < threads && want > 1) {
+  if (whole_rows < threads && want > 1) {
     p.block = std::min(p.block, (N + want - 1) / want);
   }
   p.blocks = (N + p.block - 1) / p.block;
@@ -122,9 +138,8 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, boo
   // kMinLeadSplitBytes a tensor runs unsplit; past the caches, where the split promises too little,
   // it takes chunks sized for L2 (below).
   const int64_t parts = threads / p.units;
-  const double reduce_cost = per_step_reduce && !p.cached() ? kReduceCostPerStep : kReduceCost;
-  const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
-  if (parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes && p.bytes <= kMaxLeadSplitBytes) {
+  if (lead_split(p.units)) {
+    const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
     const int64_t lead = std::max<int64_t>(1, std::llround(double(L) / speedup));
     p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
     return p;
