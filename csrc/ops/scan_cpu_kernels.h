@@ -11,7 +11,8 @@
 // chunks, chained as in a decoupled look-back scan (run_partitioned). Up to 16 MB, where the data
 // stays in the L3, there is one chunk per thread, the first the longest, as it needs no reduction;
 // past that chunks are sized to stay in a core's L2 between reduction and scan, so memory traffic
-// stays near one read of x and one write of h. Each step is one pass over its row (the backward's
+// stays near one read of x and one write of h, unless rows of 4 KB or more can be shared among the
+// threads instead (make_partition). Each step is one pass over its row (the backward's
 // grad_x and grad_lam terms included), with the rows a few steps ahead prefetched and the channels
 // walked in the direction of travel; outputs over 8 MB (with their input, half the L3) are written
 // with streaming stores (Row::streams). Tensors that stay in the caches, and rows shared among
