@@ -61,11 +61,11 @@ constexpr int64_t kCachedBytes = 4 * 1024 * 1024;
 constexpr int64_t kStreamBytes = 8 * 1024 * 1024;
 // Bytes of a row in one tile of steps of the tiled loops (Row::steps_with, Row::steps_out).
 constexpr int64_t kTileBytes = 4096;
-// Steps per tile past the caches where a unit is part of a row (rows of two pages or more at B=1,
-// a page each per thread): a step at a time read one page of each stream, then the page a row
-// further on, each new page starting cold, and complex64 1x4096x1024 ran at half its floor; four
-// rows in flight took 0.5-0.7 of the time, as 8 did, while 16 lost again with a coefficient per step
-// (docs/perf.md, 2026-12-07, late).
+// Steps per tile past the caches where a unit is part of a row (at B=1, rows of two pages or more,
+// or of one page where no lead split is taken: make_partition): a step at a time read one page of
+// each stream, then the page a row further on, each new page starting cold, and complex64
+// 1x4096x1024 ran at half its floor; four rows in flight took 0.5-0.7 of the time, as 8 did,
+// while 16 lost again with a coefficient per step (docs/perf.md, 2026-12-07, late).
 constexpr int64_t kSharedRowTileSteps = 4;
 
 // How a (B, L, N) problem is divided among threads.
@@ -117,10 +117,11 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, boo
   // shared in runs of kMinSplitPastCachesBytes rather than split along L in chunks sized for L2.
   p.block = std::min(N, kMaxBlock);
   const double reduce_cost = per_step_reduce && !p.cached() ? kReduceCostPerStep : kReduceCost;
-  auto lead_split = [&](int64_t units) {  // whether L is split in one chunk per thread
-    const int64_t parts = threads / units;
-    const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
-    return parts >= 2 && speedup >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes && p.bytes <= kMaxLeadSplitBytes;
+  // The lead split's promise over one thread, and whether L is split so, with `units` units.
+  auto lead_speedup = [&](int64_t units) { return 1.0 + double(threads / units - 1) * (1.0 - reduce_cost); };
+  auto lead_split = [&](int64_t units) {
+    return threads / units >= 2 && lead_speedup(units) >= kMinLeadSpeedup && p.bytes >= kMinLeadSplitBytes &&
+           p.bytes <= kMaxLeadSplitBytes;
   };
   const int64_t whole_rows = B * ((N + p.block - 1) / p.block);
   const int64_t min_bytes = p.cached()               ? (descending ? kMinSplitDownBytes : kMinSplitBytes)
@@ -140,8 +141,7 @@ Partition make_partition(int64_t B, int64_t L, int64_t N, int64_t elem_size, boo
   // it takes chunks sized for L2 (below).
   const int64_t parts = threads / p.units;
   if (lead_split(p.units)) {
-    const double speedup = 1.0 + double(parts - 1) * (1.0 - reduce_cost);
-    const int64_t lead = std::max<int64_t>(1, std::llround(double(L) / speedup));
+    const int64_t lead = std::max<int64_t>(1, std::llround(double(L) / lead_speedup(p.units)));
     p.chunks = ChunkPlan{L, std::max<int64_t>(1, (L - lead + parts - 2) / (parts - 1)), lead};
     return p;
   }
