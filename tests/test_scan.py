@@ -441,9 +441,9 @@ def test_streaming_stores_every_cpu_kernel_build(isa, tmp_path):
 # per step); larger ones with whole rows take one step at a time, a vector at a time
 # (Row::step_out_with, Row::step_out), in separate code. Each channel's arithmetic is the same
 # either way, so a small case must give the same bits as the same rows inside a batch too large to
-# be tiled (its other rows zero, which adds exact zeros to grad_lam). Rows with whole register groups, a rest and a
-# partial vector; h0, whose step is taken on its own in the backward; both directions; lam
-# constant and per step; the real loops too.
+# be tiled (its other rows zero, which adds exact zeros to grad_lam). Rows with whole register
+# groups, a rest and a partial vector; h0, whose step is taken on its own in the backward; both
+# directions; lam constant and per step; the real loops too.
 TILE_CASES = [
     (300, 70, torch.complex64),
     (3000, 5, torch.complex64),
